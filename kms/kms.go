@@ -1,0 +1,171 @@
+// Package kms defines the interface of a key custodian: the party that holds a
+// zone's key-encryption key (KEK) and wraps and unwraps that zone's zone keys
+// with it, without ever releasing the KEK itself.
+//
+// A custodian does exactly two things, in the spirit of age's Recipient and
+// Identity: Wrap a zone key bound to its identity, and Unwrap it again for the
+// same identity. Everything else (which zone key is current, which DEKs it
+// protects, caching) is the keystore's job.
+//
+// Drivers live in sibling packages and register a URL scheme:
+//
+//	local:///var/lib/zonekey/eu.kek   package kms/localkms
+//	vault://host:8200/transit/keys/eu package kms/vault
+//	gcpkms://projects/...             package kms/gcpkms
+//
+// Open picks the driver by the URL's scheme. Every driver passes the shared
+// conformance suite in package kms/kmstest.
+package kms
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/url"
+	"sort"
+	"sync"
+
+	"github.com/zonekey/zonekey/internal/errs"
+)
+
+// Errors a custodian returns, wrapped with detail. They are the same values as
+// the sentinels of package zonekey.
+var (
+	// ErrUnavailable reports that the custodian could not be reached or
+	// failed transiently (network error, 5xx, throttling). The operation
+	// may succeed if retried later; nothing was changed.
+	ErrUnavailable = errs.KMSUnavailable
+	// ErrTampered reports that a wrapped key did not authenticate under the
+	// KEK for the binding given: it was altered, or it belongs to another
+	// zone key (a relabelled row). Retrying cannot help.
+	ErrTampered = errs.Tampered
+	// ErrUnknownKey reports that the KEK, or the KEK version a wrapped key
+	// names, does not exist at the custodian (never created, or destroyed).
+	ErrUnknownKey = errs.UnknownKey
+	// ErrDenied reports that the custodian refused the caller, for example
+	// because its credentials do not grant access to this zone's KEK.
+	ErrDenied = errs.Denied
+	// ErrConfig reports an invalid custodian URL or configuration.
+	ErrConfig = errs.KMSConfig
+)
+
+// Binding is the identity of a zone key. A custodian binds it to the wrapped
+// key (as AEAD associated data, or as a Vault Transit derivation context), so
+// that a wrapped key unwraps only under the binding it was wrapped with.
+type Binding struct {
+	Zone    string // custody zone, e.g. "eu"
+	KeyID   string // the zone key's unique id
+	Version uint32 // the zone key's version within its zone
+}
+
+// MaxBindingString bounds Binding.Zone and Binding.KeyID in bytes, so that
+// their 16-bit length prefixes in Bytes are exact.
+const MaxBindingString = 1<<16 - 1
+
+// Validate reports whether b can be encoded unambiguously: Zone and KeyID
+// non-empty and at most MaxBindingString bytes, Version at least 1. Drivers
+// refuse invalid bindings with an error wrapping ErrConfig.
+func (b Binding) Validate() error {
+	if b.Zone == "" || b.KeyID == "" || b.Version == 0 {
+		return fmt.Errorf("%w: incomplete binding %s", ErrConfig, b)
+	}
+	if len(b.Zone) > MaxBindingString || len(b.KeyID) > MaxBindingString {
+		return fmt.Errorf("%w: binding strings longer than %d bytes", ErrConfig, MaxBindingString)
+	}
+	return nil
+}
+
+// Bytes returns the canonical, unambiguous encoding of a valid b (see
+// Validate), suitable as associated data: a domain-separation label, then
+// each string with a 16-bit length prefix, then the version as 4 big-endian
+// bytes.
+func (b Binding) Bytes() []byte {
+	const label = "zonekey/zone-key/v1"
+	out := make([]byte, 0, len(label)+2+len(b.Zone)+2+len(b.KeyID)+4)
+	out = append(out, label...)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(b.Zone)))
+	out = append(out, b.Zone...)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(b.KeyID)))
+	out = append(out, b.KeyID...)
+	out = binary.BigEndian.AppendUint32(out, b.Version)
+	return out
+}
+
+// String returns a short description of b for errors and logs.
+func (b Binding) String() string {
+	return fmt.Sprintf("zone=%q key=%q v%d", b.Zone, b.KeyID, b.Version)
+}
+
+// Wrapped is a zone key encrypted under a KEK.
+type Wrapped struct {
+	// Ciphertext is the custodian's opaque output. It is stored by the
+	// keystore and handed back unchanged to Unwrap.
+	Ciphertext []byte
+	// KEKVersion is the version of the KEK that produced Ciphertext, as the
+	// custodian numbers its key versions (starting at 1).
+	KEKVersion uint32
+}
+
+// Custodian wraps and unwraps zone keys under a KEK it never releases.
+//
+// Implementations must be safe for concurrent use. Errors wrap one of the
+// package's sentinels where one applies; context cancellation is returned as
+// the context's error.
+type Custodian interface {
+	// Wrap encrypts key under the current KEK version, bound to b.
+	Wrap(ctx context.Context, key []byte, b Binding) (Wrapped, error)
+	// Unwrap decrypts w, which must have been produced for the same
+	// binding b; otherwise it fails with ErrTampered.
+	Unwrap(ctx context.Context, w Wrapped, b Binding) ([]byte, error)
+	// Close releases the custodian's resources.
+	Close() error
+}
+
+// Opener opens a custodian from a URL of its scheme.
+type Opener func(ctx context.Context, u *url.URL) (Custodian, error)
+
+var (
+	openersMu sync.RWMutex
+	openers   = map[string]Opener{}
+)
+
+// Register makes a driver available under a URL scheme. Drivers call it from
+// an init function. It panics if the scheme is registered twice, as
+// database/sql.Register does, since that is a programming error.
+func Register(scheme string, open Opener) {
+	openersMu.Lock()
+	defer openersMu.Unlock()
+	if _, dup := openers[scheme]; dup {
+		panic("kms: Register called twice for scheme " + scheme)
+	}
+	openers[scheme] = open
+}
+
+// Schemes returns the registered URL schemes, sorted.
+func Schemes() []string {
+	openersMu.RLock()
+	defer openersMu.RUnlock()
+	out := make([]string, 0, len(openers))
+	for s := range openers {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Open opens the custodian that rawURL names, with the driver registered for
+// its scheme. The driver's package must be imported (package zonekey imports
+// the local driver).
+func Open(ctx context.Context, rawURL string) (Custodian, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	openersMu.RLock()
+	open, ok := openers[u.Scheme]
+	openersMu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: no custodian driver for scheme %q (registered: %v)", ErrConfig, u.Scheme, Schemes())
+	}
+	return open(ctx, u)
+}
