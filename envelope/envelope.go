@@ -1,0 +1,457 @@
+// Package envelope seals and opens one field value under one data key (DEK).
+//
+// It is the innermost layer of zonekey and does no I/O: given a Key (a DEK and
+// its id) and the Binding of the value (field path, map key, subject), Seal
+// produces an envelope and Open reverses it. The binding is not optional: it
+// is authenticated as associated data, so a ciphertext copied into another
+// field or another subject's record fails to open with ErrTampered.
+//
+// An envelope is a versioned binary structure (see docs/format.md for the
+// byte-by-byte layout and test vectors):
+//
+//	version(1) | algorithm(1) | DEK id(16) | nonce(12) | ciphertext+tag
+//
+// In text form (string fields, and []byte fields, so that both are
+// recognisable) it is the prefix "zk1." followed by the unpadded base64url
+// encoding of the binary form. The text form is canonical: parsers accept
+// exactly the string Seal would produce for a binary envelope, and refuse
+// padding, line breaks and non-zero unused bits in the last character.
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/zonekey/zonekey/internal/errs"
+)
+
+// Format constants.
+const (
+	// Version1 is the only envelope format version.
+	Version1 byte = 0x01
+	// AlgAES256GCM is AES-256-GCM with a random 96-bit nonce.
+	AlgAES256GCM byte = 0x01
+
+	// Prefix starts every envelope in text form.
+	Prefix = "zk1."
+
+	// KeyIDSize is the length of a DEK id in bytes.
+	KeyIDSize = 16
+	// KeySize is the length of a DEK in bytes (AES-256).
+	KeySize = 32
+	// NonceSize is the length of the AES-GCM nonce.
+	NonceSize = 12
+	// TagSize is the length of the AES-GCM authentication tag.
+	TagSize = 16
+	// HeaderSize is the length of version, algorithm and DEK id.
+	HeaderSize = 2 + KeyIDSize
+	// Overhead is how many bytes the binary form adds to a plaintext.
+	Overhead = HeaderSize + NonceSize + TagSize
+
+	// MaxPlaintext bounds the plaintext of one envelope (16 MiB). Parsers
+	// refuse anything longer before decoding it.
+	MaxPlaintext = 16 << 20
+	// MaxBindingField bounds each string of a Binding.
+	MaxBindingField = 1<<16 - 1
+)
+
+// Errors returned by this package, wrapped with detail. They are the same
+// values as the sentinels of package zonekey.
+var (
+	// ErrFormat reports a value that is not a well-formed envelope:
+	// missing prefix, bad base64, truncated, unknown version or algorithm,
+	// or too long.
+	ErrFormat = errs.Format
+	// ErrTampered reports a well-formed envelope that failed
+	// authentication: it was altered, or it is opened with another
+	// binding (another field, map key or subject) than it was sealed with.
+	ErrTampered = errs.Tampered
+	// ErrUnknownKey reports an envelope sealed under another DEK than the
+	// Key used to open it.
+	ErrUnknownKey = errs.UnknownKey
+)
+
+// b64 is the text encoding. Strict makes the decoder refuse a last
+// character whose unused low bits are not zero; without it, up to 16
+// different strings decode to the same envelope. The decoder still skips CR
+// and LF, which decodeText and TextKeyID refuse by checking lengths.
+var b64 = base64.RawURLEncoding.Strict()
+
+// KeyID identifies a DEK. It is random, carries no meaning, and is the only
+// key reference an envelope holds.
+type KeyID [KeyIDSize]byte
+
+// NewKeyID returns a random KeyID.
+func NewKeyID() KeyID {
+	var id KeyID
+	rand.Read(id[:]) // crypto/rand.Read never fails (it panics the process if the OS source does)
+	return id
+}
+
+// String returns the id in lowercase hex.
+func (id KeyID) String() string { return hex.EncodeToString(id[:]) }
+
+// ParseKeyID parses the hex form produced by KeyID.String.
+func ParseKeyID(s string) (KeyID, error) {
+	var id KeyID
+	if len(s) != hex.EncodedLen(KeyIDSize) {
+		return id, fmt.Errorf("%w: key id must be %d hex digits", ErrFormat, 2*KeyIDSize)
+	}
+	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
+		return id, fmt.Errorf("%w: key id: %v", ErrFormat, err)
+	}
+	return id, nil
+}
+
+// Binding is what an envelope is bound to besides its DEK: where the value
+// lives and whose it is. Seal and Open must be given the same Binding.
+type Binding struct {
+	Path    string // field path in its record type, e.g. "Address.Street" or "Phones[]"
+	MapKey  string // key of the map entry holding the value, or "" if none
+	Subject string // data subject of the record, or "" for subject-less records
+}
+
+func (b Binding) valid() error {
+	if len(b.Path) > MaxBindingField || len(b.MapKey) > MaxBindingField || len(b.Subject) > MaxBindingField {
+		return fmt.Errorf("%w: binding field longer than %d bytes", ErrFormat, MaxBindingField)
+	}
+	return nil
+}
+
+const adLabel = "zonekey/field/v1"
+
+// appendAD appends the associated data of an envelope with header hdr and
+// binding b: a domain label, the header (version, algorithm, DEK id) and each
+// binding string with a 16-bit length prefix.
+func appendAD(dst []byte, hdr []byte, b Binding) []byte {
+	dst = append(dst, adLabel...)
+	dst = append(dst, hdr...)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(b.Path)))
+	dst = append(dst, b.Path...)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(b.MapKey)))
+	dst = append(dst, b.MapKey...)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(b.Subject)))
+	dst = append(dst, b.Subject...)
+	return dst
+}
+
+// Key is a DEK ready for use. It is safe for concurrent use.
+type Key struct {
+	id   KeyID
+	aead cipher.AEAD // AES-256-GCM that draws its own random nonce
+}
+
+// NewKey returns a Key for the 32-byte secret with the given id. The secret
+// is not retained beyond the AES key schedule.
+func NewKey(id KeyID, secret []byte) (*Key, error) {
+	if len(secret) != KeySize {
+		return nil, fmt.Errorf("%w: DEK must be %d bytes, got %d", ErrFormat, KeySize, len(secret))
+	}
+	block, err := aes.NewCipher(secret)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCMWithRandomNonce(block)
+	if err != nil {
+		return nil, err
+	}
+	return &Key{id: id, aead: aead}, nil
+}
+
+// ID returns the key's id.
+func (k *Key) ID() KeyID { return k.id }
+
+// scratch buffers keep the hot path to one allocation: the result.
+var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+func getScratch() *[]byte { return scratch.Get().(*[]byte) }
+
+func putScratch(p *[]byte) {
+	if cap(*p) > 64<<10 { // don't keep huge buffers alive
+		return
+	}
+	*p = (*p)[:0]
+	scratch.Put(p)
+}
+
+func (k *Key) header() [HeaderSize]byte {
+	var h [HeaderSize]byte
+	h[0], h[1] = Version1, AlgAES256GCM
+	copy(h[2:], k.id[:])
+	return h
+}
+
+// sealInto seals plaintext bound to b. It uses *sp as scratch for the
+// associated data and the binary envelope, growing it when needed, and
+// returns the binary envelope, which aliases *sp.
+func (k *Key) sealInto(sp *[]byte, plaintext []byte, b Binding) ([]byte, error) {
+	if len(plaintext) > MaxPlaintext {
+		return nil, fmt.Errorf("%w: plaintext longer than %d bytes", ErrFormat, MaxPlaintext)
+	}
+	if err := b.valid(); err != nil {
+		return nil, err
+	}
+	hdr := k.header()
+	need := len(adLabel) + HeaderSize + 6 + len(b.Path) + len(b.MapKey) + len(b.Subject) + Overhead + len(plaintext)
+	if cap(*sp) < need {
+		*sp = make([]byte, 0, need)
+	}
+	ad := appendAD((*sp)[:0], hdr[:], b)
+	bin := append(ad[len(ad):], hdr[:]...)
+	// The AEAD writes nonce || ciphertext || tag after the header.
+	return k.aead.Seal(bin, nil, plaintext, ad), nil
+}
+
+// Seal returns the binary envelope of plaintext bound to b.
+func (k *Key) Seal(plaintext []byte, b Binding) ([]byte, error) {
+	sp := getScratch()
+	defer putScratch(sp)
+	bin, err := k.sealInto(sp, plaintext, b)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), bin...), nil
+}
+
+// sealText returns the text envelope as a freshly allocated byte slice (the
+// only allocation of the call for values that fit the pooled scratch).
+func (k *Key) sealText(plaintext []byte, b Binding) ([]byte, error) {
+	sp := getScratch()
+	defer putScratch(sp)
+	bin, err := k.sealInto(sp, plaintext, b)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, len(Prefix)+b64.EncodedLen(len(bin)))
+	copy(out, Prefix)
+	b64.Encode(out[len(Prefix):], bin)
+	return out, nil
+}
+
+// SealString returns the text envelope of the string s bound to b.
+func (k *Key) SealString(s string, b Binding) (string, error) {
+	// The AEAD only reads its plaintext, so viewing s as bytes is safe.
+	out, err := k.sealText(unsafe.Slice(unsafe.StringData(s), len(s)), b)
+	if err != nil {
+		return "", err
+	}
+	return unsafe.String(unsafe.SliceData(out), len(out)), nil
+}
+
+// SealBytes returns the text envelope of p bound to b, as bytes.
+func (k *Key) SealBytes(p []byte, b Binding) ([]byte, error) {
+	return k.sealText(p, b)
+}
+
+// Envelope is a parsed binary envelope. Its slices alias the parsed input.
+type Envelope struct {
+	Version    byte
+	Algorithm  byte
+	KeyID      KeyID
+	Nonce      []byte
+	Ciphertext []byte // ciphertext followed by the tag
+}
+
+// Parse parses a binary envelope without authenticating it. It never panics.
+func Parse(bin []byte) (Envelope, error) {
+	var e Envelope
+	if len(bin) < Overhead {
+		return e, fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrFormat, len(bin), Overhead)
+	}
+	if len(bin) > Overhead+MaxPlaintext {
+		return e, fmt.Errorf("%w: envelope longer than %d bytes", ErrFormat, Overhead+MaxPlaintext)
+	}
+	if err := checkHeader(bin[0], bin[1]); err != nil {
+		return e, err
+	}
+	e.Version, e.Algorithm = bin[0], bin[1]
+	copy(e.KeyID[:], bin[2:HeaderSize])
+	e.Nonce = bin[HeaderSize : HeaderSize+NonceSize]
+	e.Ciphertext = bin[HeaderSize+NonceSize:]
+	return e, nil
+}
+
+func checkHeader(version, alg byte) error {
+	if version != Version1 {
+		return fmt.Errorf("%w: unknown version 0x%02x", ErrFormat, version)
+	}
+	if alg != AlgAES256GCM {
+		return fmt.Errorf("%w: unknown algorithm 0x%02x", ErrFormat, alg)
+	}
+	return nil
+}
+
+// maxText is the longest text envelope any parser accepts.
+var maxText = len(Prefix) + b64.EncodedLen(Overhead+MaxPlaintext)
+
+// IsText reports whether s starts with the text prefix. It says nothing of
+// whether the rest is well formed; ParseText and TextKeyID do.
+func IsText[T ~string | ~[]byte](s T) bool {
+	return len(s) >= len(Prefix) && string(s[:len(Prefix)]) == Prefix
+}
+
+// TextKeyID returns the DEK id of a text envelope after checking its prefix,
+// version and algorithm, without decoding the rest. It is how a caller finds
+// which key to fetch before opening.
+func TextKeyID[T ~string | ~[]byte](s T) (KeyID, error) {
+	var id KeyID
+	if !IsText(s) {
+		return id, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
+	}
+	// 18 header bytes are exactly 24 base64 characters.
+	const hdrChars = HeaderSize / 3 * 4
+	if len(s) < len(Prefix)+hdrChars {
+		return id, fmt.Errorf("%w: truncated header", ErrFormat)
+	}
+	var hdr [HeaderSize]byte
+	// A CR or LF among the characters would be skipped and leave hdr short.
+	if n, err := b64.Decode(hdr[:], []byte(s[len(Prefix):len(Prefix)+hdrChars])); err != nil || n != HeaderSize {
+		return id, fmt.Errorf("%w: header is not base64url", ErrFormat)
+	}
+	if err := checkHeader(hdr[0], hdr[1]); err != nil {
+		return id, err
+	}
+	copy(id[:], hdr[2:])
+	return id, nil
+}
+
+// decodeText decodes the body of the text envelope s into dst, which must
+// have room for b64.DecodedLen of it, and returns the binary form.
+func decodeText[T ~string | ~[]byte](dst []byte, s T) ([]byte, error) {
+	if !IsText(s) {
+		return nil, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
+	}
+	body := s[len(Prefix):]
+	var m int
+	var err error
+	switch v := any(body).(type) {
+	case string:
+		m, err = b64.Decode(dst, unsafe.Slice(unsafe.StringData(v), len(v)))
+	case []byte:
+		m, err = b64.Decode(dst, v)
+	default:
+		m, err = b64.Decode(dst, []byte(body))
+	}
+	// The decoder skips CR and LF; a body holding any decodes to fewer
+	// bytes than its length implies. Refusing it keeps the form canonical.
+	if err != nil || b64.EncodedLen(m) != len(body) {
+		return nil, fmt.Errorf("%w: not canonical unpadded base64url", ErrFormat)
+	}
+	return dst[:m], nil
+}
+
+func checkTextLen(n int) error {
+	if n > maxText {
+		return fmt.Errorf("%w: envelope longer than %d characters", ErrFormat, maxText)
+	}
+	return nil
+}
+
+// ParseText parses a text envelope without authenticating it. The returned
+// Envelope does not alias s.
+func ParseText[T ~string | ~[]byte](s T) (Envelope, error) {
+	if err := checkTextLen(len(s)); err != nil {
+		return Envelope{}, err
+	}
+	if !IsText(s) {
+		return Envelope{}, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
+	}
+	bin, err := decodeText(make([]byte, b64.DecodedLen(len(s)-len(Prefix))), s)
+	if err != nil {
+		return Envelope{}, err
+	}
+	return Parse(bin)
+}
+
+// openInto authenticates and decrypts the binary envelope bin bound to b. It
+// builds the associated data in adBuf and appends the plaintext to dst; the
+// three must not overlap.
+func (k *Key) openInto(dst, adBuf, bin []byte, b Binding) ([]byte, error) {
+	e, err := Parse(bin)
+	if err != nil {
+		return nil, err
+	}
+	if e.KeyID != k.id {
+		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, e.KeyID, k.id)
+	}
+	if err := b.valid(); err != nil {
+		return nil, err
+	}
+	ad := appendAD(adBuf, bin[:HeaderSize], b)
+	pt, err := k.aead.Open(dst, nil, bin[HeaderSize:], ad)
+	if err != nil {
+		return nil, fmt.Errorf("%w: field %q", ErrTampered, b.Path)
+	}
+	return pt, nil
+}
+
+func adLen(b Binding) int {
+	return len(adLabel) + HeaderSize + 6 + len(b.Path) + len(b.MapKey) + len(b.Subject)
+}
+
+// Open authenticates and decrypts the binary envelope bin bound to b.
+func (k *Key) Open(bin []byte, b Binding) ([]byte, error) {
+	if err := b.valid(); err != nil {
+		return nil, err
+	}
+	sp := getScratch()
+	defer putScratch(sp)
+	if cap(*sp) < adLen(b) {
+		*sp = make([]byte, 0, adLen(b))
+	}
+	return k.openInto(nil, (*sp)[:0], bin, b)
+}
+
+// openText decodes and opens s using pooled scratch, and hands the
+// plaintext to conv, whose result must not alias it.
+func openText[T ~string | ~[]byte, R any](k *Key, s T, b Binding, conv func([]byte) R) (R, error) {
+	var zero R
+	if err := checkTextLen(len(s)); err != nil {
+		return zero, err
+	}
+	if !IsText(s) {
+		return zero, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
+	}
+	if err := b.valid(); err != nil {
+		return zero, err
+	}
+	// Scratch layout: binary envelope | associated data | plaintext.
+	n := b64.DecodedLen(len(s) - len(Prefix))
+	a := adLen(b)
+	sp := getScratch()
+	defer putScratch(sp)
+	if cap(*sp) < 2*n+a {
+		*sp = make([]byte, 0, 2*n+a)
+	}
+	buf := (*sp)[:2*n+a]
+	bin, err := decodeText(buf[:n:n], s)
+	if err != nil {
+		return zero, err
+	}
+	pt, err := k.openInto(buf[n+a:n+a], buf[n:n:n+a], bin, b)
+	if err != nil {
+		return zero, err
+	}
+	r := conv(pt)
+	clear(pt)
+	return r, nil
+}
+
+// OpenString authenticates and decrypts the text envelope s bound to b and
+// returns the plaintext as a string.
+func (k *Key) OpenString(s string, b Binding) (string, error) {
+	return openText(k, s, b, func(p []byte) string { return string(p) })
+}
+
+// OpenBytes authenticates and decrypts the text envelope s bound to b and
+// returns the plaintext in a new slice.
+func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
+	return openText(k, s, b, func(p []byte) []byte { return append([]byte(nil), p...) })
+}
