@@ -1,0 +1,580 @@
+// Package keystore is the keyring of zonekey: it hands out data keys (DEKs)
+// for encryption and finds them again for decryption, keeping the three-level
+// key hierarchy of zone custody.
+//
+//	KEK        held by the zone's custodian (package kms); never leaves it
+//	 └ zone key   per zone, versioned, 256-bit; stored wrapped by the KEK;
+//	              unwrapped by the custodian, then cached for ZoneKeyTTL
+//	    └ DEK        per (zone, subject); stored wrapped by the zone key
+//	                 (AES-256-GCM bound to DEK id, zone, subject, generation
+//	                 and zone-key version); cached in a bounded LRU
+//
+// A process makes one custodian call per zone-key version per ZoneKeyTTL,
+// however many subjects it touches: a DEK cache miss costs a Store read and a
+// local unwrap. Rows live behind the Store interface; package
+// keystore/boltstore is the embedded implementation.
+//
+// Records without a subject use a per-zone rolling DEK. Each process rolls its
+// own: it creates a fresh one on first use and again after RollingMaxUses
+// encryptions or RollingMaxAge, so AES-GCM's random-nonce limit (far below
+// 2^32 messages per key) holds exactly, whatever the number of processes.
+package keystore
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zonekey/zonekey/envelope"
+	"github.com/zonekey/zonekey/internal/errs"
+	"github.com/zonekey/zonekey/kms"
+)
+
+// Errors returned by the keyring and by Stores, wrapped with detail. They are
+// the same values as the sentinels of package zonekey.
+var (
+	// ErrUnknownKey reports a DEK or zone key that is not in the store.
+	ErrUnknownKey = errs.UnknownKey
+	// ErrUnknownZone reports a zone with no configured custodian.
+	ErrUnknownZone = errs.UnknownZone
+	// ErrTampered reports a stored key row that failed authentication: its
+	// wrapped key was altered or the row was relabelled to another zone,
+	// subject or version.
+	ErrTampered = errs.Tampered
+	// ErrKMSUnavailable reports that the zone's custodian could not be
+	// reached; nothing was stored. Retrying later may succeed.
+	ErrKMSUnavailable = errs.KMSUnavailable
+	// ErrExists is returned by Store creates that collide with a stored
+	// row. The keyring handles it by reading the winner's row.
+	ErrExists = errs.Exists
+	// ErrClosed reports use of a closed keyring or store.
+	ErrClosed = errs.Closed
+	// ErrStore reports a failure of the store itself (I/O, database).
+	ErrStore = errs.Store
+	// ErrInvalidValue reports an argument the keyring or a Store refuses
+	// before doing anything: a subject longer than MaxSubject, a row with
+	// version or generation 0, a zone or subject too long to store.
+	ErrInvalidValue = errs.InvalidValue
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultZoneKeyTTL     = 10 * time.Minute
+	DefaultDEKTTL         = 5 * time.Minute
+	DefaultDEKCacheSize   = 10000
+	DefaultRollingMaxUses = 1 << 24
+	DefaultRollingMaxAge  = 24 * time.Hour
+)
+
+// Config configures a Keyring.
+type Config struct {
+	// Store holds the wrapped key rows. Required.
+	Store Store
+	// Custodians maps each zone to the custodian of its KEK. Required;
+	// a zone not in the map is refused with ErrUnknownZone.
+	Custodians map[string]kms.Custodian
+	// ZoneKeyTTL bounds how long an unwrapped zone key stays in memory, and
+	// how long a process keeps creating DEKs under a zone-key version after
+	// another process made a newer one.
+	ZoneKeyTTL time.Duration
+	// DEKTTL bounds how long an unwrapped DEK stays in memory; it is the
+	// bound on how long a running process can still use a DEK that another
+	// process shredded or rewrapped.
+	DEKTTL time.Duration
+	// DEKCacheSize bounds how many unwrapped DEKs are kept (LRU). Each costs
+	// about 1.3 KB.
+	DEKCacheSize int
+	// RollingMaxUses and RollingMaxAge bound the use of a zone's rolling
+	// DEK (for records without a subject) by this process.
+	RollingMaxUses uint64
+	RollingMaxAge  time.Duration
+	// Now returns the current time; tests set it. Defaults to time.Now.
+	Now func() time.Time
+}
+
+// DEK is an unwrapped data key and what it belongs to. It is immutable and
+// safe for concurrent use.
+type DEK struct {
+	*envelope.Key
+	Zone       string
+	Subject    string
+	Generation uint32
+	expires    time.Time
+}
+
+// Keyring hands out DEKs. It is safe for concurrent use.
+type Keyring struct {
+	store      Store
+	custodians map[string]kms.Custodian
+	cfg        Config
+	now        func() time.Time
+
+	cache *lru // DEKs by id, and current DEK by (zone, subject)
+
+	zonesMu sync.Mutex
+	zones   map[string]*zoneState
+
+	closed atomic.Bool
+}
+
+// New returns a Keyring over cfg.Store and cfg.Custodians.
+func New(cfg Config) (*Keyring, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("keystore: Config.Store is nil")
+	}
+	if len(cfg.Custodians) == 0 {
+		return nil, fmt.Errorf("%w: no zones configured", ErrUnknownZone)
+	}
+	for z, c := range cfg.Custodians {
+		if err := ValidateZone(z); err != nil {
+			return nil, err
+		}
+		if c == nil {
+			return nil, fmt.Errorf("keystore: zone %q has a nil custodian", z)
+		}
+	}
+	if cfg.ZoneKeyTTL <= 0 {
+		cfg.ZoneKeyTTL = DefaultZoneKeyTTL
+	}
+	if cfg.DEKTTL <= 0 {
+		cfg.DEKTTL = DefaultDEKTTL
+	}
+	if cfg.DEKCacheSize <= 0 {
+		cfg.DEKCacheSize = DefaultDEKCacheSize
+	}
+	if cfg.RollingMaxUses == 0 {
+		cfg.RollingMaxUses = DefaultRollingMaxUses
+	}
+	if cfg.RollingMaxAge <= 0 {
+		cfg.RollingMaxAge = DefaultRollingMaxAge
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	cs := make(map[string]kms.Custodian, len(cfg.Custodians))
+	for z, c := range cfg.Custodians {
+		cs[z] = c
+	}
+	k := &Keyring{
+		store:      cfg.Store,
+		custodians: cs,
+		cfg:        cfg,
+		now:        now,
+		cache:      newLRU(cfg.DEKCacheSize),
+		zones:      make(map[string]*zoneState, len(cs)),
+	}
+	for z := range cs {
+		k.zones[z] = &zoneState{versions: map[uint32]*zoneKey{}}
+	}
+	return k, nil
+}
+
+// ValidateZone checks a zone name: 1 to 63 characters of a-z, 0-9, '-' and
+// '_', starting with a letter or digit.
+func ValidateZone(zone string) error {
+	if len(zone) == 0 || len(zone) > 63 {
+		return fmt.Errorf("%w: zone name %q must be 1 to 63 characters", ErrUnknownZone, zone)
+	}
+	for i := 0; i < len(zone); i++ {
+		c := zone[i]
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && (c == '-' || c == '_')
+		if !ok {
+			return fmt.Errorf("%w: zone name %q may hold only a-z, 0-9, '-' and '_'", ErrUnknownZone, zone)
+		}
+	}
+	return nil
+}
+
+// MaxSubject bounds the length of a subject identifier in bytes.
+const MaxSubject = 1024
+
+// Zones returns the configured zones.
+func (k *Keyring) Zones() []string {
+	out := make([]string, 0, len(k.custodians))
+	for z := range k.custodians {
+		out = append(out, z)
+	}
+	return out
+}
+
+// Close closes the keyring and drops cached keys. It does not close the
+// Store or the custodians, which the caller owns.
+func (k *Keyring) Close() error {
+	if k.closed.Swap(true) {
+		return nil
+	}
+	k.cache.purge()
+	k.zonesMu.Lock()
+	for _, zs := range k.zones {
+		zs.mu.Lock()
+		zs.versions = map[uint32]*zoneKey{}
+		zs.rolling = nil
+		zs.mu.Unlock()
+	}
+	k.zonesMu.Unlock()
+	return nil
+}
+
+func (k *Keyring) zone(zone string) (*zoneState, kms.Custodian, error) {
+	c, ok := k.custodians[zone]
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: %q (configured: %v)", ErrUnknownZone, zone, k.Zones())
+	}
+	return k.zones[zone], c, nil
+}
+
+// DataKey returns the DEK to encrypt new data of subject in zone, creating
+// and durably storing it first if the subject has none. An empty subject
+// selects the zone's rolling DEK.
+func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, error) {
+	if k.closed.Load() {
+		return nil, ErrClosed
+	}
+	if subject == "" {
+		return k.rollingKey(ctx, zone)
+	}
+	now := k.now()
+	if d := k.cache.current(zone, subject, now); d != nil {
+		return d, nil
+	}
+	if len(subject) > MaxSubject {
+		return nil, fmt.Errorf("%w: subject of %d bytes, longer than the %d allowed", ErrInvalidValue, len(subject), MaxSubject)
+	}
+	zs, cust, err := k.zone(zone)
+	if err != nil {
+		return nil, err
+	}
+	// Two tries: a create that loses a race to another process or
+	// goroutine reads the winner's row on the second.
+	for attempt := 0; ; attempt++ {
+		row, err := k.store.LatestDEK(ctx, zone, subject)
+		if err == nil {
+			// The wrap binds the row's own zone and subject, so a row
+			// of another subject would unwrap: check it is this one's.
+			if row.Zone != zone || row.Subject != subject {
+				return nil, fmt.Errorf("%w: store returned DEK %s of another zone or subject as the current DEK of a subject of zone %q", ErrTampered, row.ID, zone)
+			}
+			d, err := k.unwrapDEK(ctx, zs, cust, row)
+			if err != nil {
+				return nil, err
+			}
+			k.cache.add(d, true)
+			return d, nil
+		}
+		if !errors.Is(err, ErrUnknownKey) {
+			return nil, err
+		}
+		d, err := k.createDEK(ctx, zs, cust, zone, subject, 1)
+		if errors.Is(err, ErrExists) && attempt == 0 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		k.cache.add(d, true)
+		return d, nil
+	}
+}
+
+// Key returns the DEK with the given id, for decryption.
+func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
+	if k.closed.Load() {
+		return nil, ErrClosed
+	}
+	if d := k.cache.get(id, k.now()); d != nil {
+		return d, nil
+	}
+	row, err := k.store.DEK(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if row.ID != id {
+		return nil, fmt.Errorf("%w: store returned DEK %s for DEK %s", ErrTampered, row.ID, id)
+	}
+	return k.load(ctx, row)
+}
+
+// Prefetch loads the DEKs among ids that are not cached with one Store
+// query, so that a bulk decrypt of many subjects does not read them one by
+// one. Ids that are not stored are ignored here; Key reports them.
+func (k *Keyring) Prefetch(ctx context.Context, ids []envelope.KeyID) error {
+	if k.closed.Load() {
+		return ErrClosed
+	}
+	now := k.now()
+	var missing []envelope.KeyID
+	for _, id := range ids {
+		if k.cache.get(id, now) == nil {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	rows, err := k.store.DEKs(ctx, missing)
+	if err != nil {
+		return err
+	}
+	for _, row := range rows {
+		if _, err := k.load(ctx, row); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (k *Keyring) load(ctx context.Context, row DEKRow) (*DEK, error) {
+	zs, cust, err := k.zone(row.Zone)
+	if err != nil {
+		return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
+	}
+	d, err := k.unwrapDEK(ctx, zs, cust, row)
+	if err != nil {
+		return nil, err
+	}
+	k.cache.add(d, false)
+	return d, nil
+}
+
+// rollingKey returns this process's rolling DEK for zone, rolling it over
+// when it has been used RollingMaxUses times or is older than RollingMaxAge.
+func (k *Keyring) rollingKey(ctx context.Context, zone string) (*DEK, error) {
+	zs, cust, err := k.zone(zone)
+	if err != nil {
+		return nil, err
+	}
+	now := k.now()
+	zs.mu.Lock()
+	defer zs.mu.Unlock()
+	if r := zs.rolling; r != nil && r.uses < k.cfg.RollingMaxUses && now.Sub(r.created) < k.cfg.RollingMaxAge {
+		r.uses++
+		return r.dek, nil
+	}
+	// A fresh generation after the highest stored one; retry on a race.
+	for attempt := 0; attempt < 8; attempt++ {
+		gen := uint32(1)
+		row, err := k.store.LatestDEK(ctx, zone, "")
+		switch {
+		case err == nil:
+			gen = row.Generation + 1
+		case !errors.Is(err, ErrUnknownKey):
+			return nil, err
+		}
+		d, err := k.createDEKLocked(ctx, zs, cust, zone, "", gen)
+		if errors.Is(err, ErrExists) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		zs.rolling = &rollingDEK{dek: d, created: now, uses: 1}
+		k.cache.add(d, false)
+		return d, nil
+	}
+	return nil, fmt.Errorf("%w: zone %q: could not allocate a rolling DEK generation under contention", ErrStore, zone)
+}
+
+// createDEK is createDEKLocked for a subject's DEK. zs.mu is held only to
+// find the zone key, not while the DEK is stored, so that creates of
+// different subjects do not wait for each other's store writes.
+func (k *Keyring) createDEK(ctx context.Context, zs *zoneState, cust kms.Custodian, zone, subject string, gen uint32) (*DEK, error) {
+	zs.mu.Lock()
+	zk, err := k.currentZoneKeyLocked(ctx, zs, cust, zone)
+	zs.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return k.storeNewDEK(ctx, zk, zone, subject, gen)
+}
+
+// createDEKLocked makes a DEK, wraps it under the zone's current key and
+// stores it; only then is it returned. zs.mu is held.
+func (k *Keyring) createDEKLocked(ctx context.Context, zs *zoneState, cust kms.Custodian, zone, subject string, gen uint32) (*DEK, error) {
+	zk, err := k.currentZoneKeyLocked(ctx, zs, cust, zone)
+	if err != nil {
+		return nil, err
+	}
+	return k.storeNewDEK(ctx, zk, zone, subject, gen)
+}
+
+// storeNewDEK makes a DEK, wraps it under zk and stores it; only then is it
+// returned.
+func (k *Keyring) storeNewDEK(ctx context.Context, zk *zoneKey, zone, subject string, gen uint32) (*DEK, error) {
+	secret := make([]byte, envelope.KeySize)
+	defer clear(secret)
+	rand.Read(secret)
+	row := DEKRow{
+		ID:             envelope.NewKeyID(),
+		Zone:           zone,
+		Subject:        subject,
+		Generation:     gen,
+		ZoneKeyVersion: zk.version,
+		Created:        k.now().UTC(),
+	}
+	row.Wrapped = zk.aead.Seal(nil, nil, secret, dekAD(row))
+	if err := k.store.CreateDEK(ctx, row); err != nil {
+		return nil, err
+	}
+	return k.newDEK(row, secret)
+}
+
+func (k *Keyring) newDEK(row DEKRow, secret []byte) (*DEK, error) {
+	key, err := envelope.NewKey(row.ID, secret)
+	if err != nil {
+		return nil, err
+	}
+	return &DEK{Key: key, Zone: row.Zone, Subject: row.Subject, Generation: row.Generation, expires: k.now().Add(k.cfg.DEKTTL)}, nil
+}
+
+func (k *Keyring) unwrapDEK(ctx context.Context, zs *zoneState, cust kms.Custodian, row DEKRow) (*DEK, error) {
+	zk, err := k.zoneKey(ctx, zs, cust, row.Zone, row.ZoneKeyVersion)
+	if err != nil {
+		return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
+	}
+	secret, err := zk.aead.Open(nil, nil, row.Wrapped, dekAD(row))
+	if err != nil {
+		return nil, fmt.Errorf("%w: DEK %s of zone %q does not authenticate under zone key v%d (altered or relabelled row)", ErrTampered, row.ID, row.Zone, row.ZoneKeyVersion)
+	}
+	defer clear(secret)
+	return k.newDEK(row, secret)
+}
+
+// dekAD is the associated data that binds a wrapped DEK to its row.
+func dekAD(row DEKRow) []byte {
+	const label = "zonekey/dek/v1"
+	ad := make([]byte, 0, len(label)+envelope.KeyIDSize+4+len(row.Zone)+len(row.Subject)+8)
+	ad = append(ad, label...)
+	ad = append(ad, row.ID[:]...)
+	ad = binary.BigEndian.AppendUint16(ad, uint16(len(row.Zone)))
+	ad = append(ad, row.Zone...)
+	ad = binary.BigEndian.AppendUint16(ad, uint16(len(row.Subject)))
+	ad = append(ad, row.Subject...)
+	ad = binary.BigEndian.AppendUint32(ad, row.Generation)
+	ad = binary.BigEndian.AppendUint32(ad, row.ZoneKeyVersion)
+	return ad
+}
+
+// zoneState is the per-zone cache of unwrapped zone keys. mu serialises
+// custodian calls for the zone, so concurrent misses make one call.
+type zoneState struct {
+	mu             sync.Mutex
+	versions       map[uint32]*zoneKey
+	current        uint32    // latest version known, 0 if none
+	currentExpires time.Time // when to look for a newer version again
+	rolling        *rollingDEK
+}
+
+type zoneKey struct {
+	version uint32
+	aead    cipher.AEAD
+	expires time.Time
+}
+
+type rollingDEK struct {
+	dek     *DEK
+	created time.Time
+	uses    uint64
+}
+
+func (k *Keyring) zoneKey(ctx context.Context, zs *zoneState, cust kms.Custodian, zone string, version uint32) (*zoneKey, error) {
+	zs.mu.Lock()
+	defer zs.mu.Unlock()
+	return k.zoneKeyLocked(ctx, zs, cust, zone, version)
+}
+
+// zoneKeyLocked returns the zone key version, unwrapping it at the custodian
+// unless it is cached. zs.mu is held.
+func (k *Keyring) zoneKeyLocked(ctx context.Context, zs *zoneState, cust kms.Custodian, zone string, version uint32) (*zoneKey, error) {
+	now := k.now()
+	if zk := zs.versions[version]; zk != nil && now.Before(zk.expires) {
+		return zk, nil
+	}
+	row, err := k.store.ZoneKey(ctx, zone, version)
+	if err != nil {
+		return nil, fmt.Errorf("zone %q key v%d: %w", zone, version, err)
+	}
+	if row.Zone != zone || row.Version != version {
+		return nil, fmt.Errorf("%w: store returned zone key %q v%d for %q v%d", ErrTampered, row.Zone, row.Version, zone, version)
+	}
+	secret, err := cust.Unwrap(ctx, kms.Wrapped{Ciphertext: row.Wrapped, KEKVersion: row.KEKVersion}, kms.Binding{Zone: zone, KeyID: row.ID, Version: version})
+	if err != nil {
+		return nil, fmt.Errorf("zone %q key v%d: %w", zone, version, err)
+	}
+	defer clear(secret)
+	return k.cacheZoneKey(zs, version, secret)
+}
+
+func (k *Keyring) cacheZoneKey(zs *zoneState, version uint32, secret []byte) (*zoneKey, error) {
+	if len(secret) != 32 {
+		return nil, fmt.Errorf("%w: zone key v%d is %d bytes, want 32", ErrTampered, version, len(secret))
+	}
+	block, err := aes.NewCipher(secret)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCMWithRandomNonce(block)
+	if err != nil {
+		return nil, err
+	}
+	zk := &zoneKey{version: version, aead: aead, expires: k.now().Add(k.cfg.ZoneKeyTTL)}
+	zs.versions[version] = zk
+	return zk, nil
+}
+
+// currentZoneKeyLocked returns the zone's latest zone key, creating version
+// 1 if the zone has none. zs.mu is held.
+func (k *Keyring) currentZoneKeyLocked(ctx context.Context, zs *zoneState, cust kms.Custodian, zone string) (*zoneKey, error) {
+	now := k.now()
+	if zs.current != 0 && now.Before(zs.currentExpires) {
+		return k.zoneKeyLocked(ctx, zs, cust, zone, zs.current)
+	}
+	row, err := k.store.ZoneKey(ctx, zone, 0)
+	switch {
+	case err == nil:
+		zs.current, zs.currentExpires = row.Version, now.Add(k.cfg.ZoneKeyTTL)
+		return k.zoneKeyLocked(ctx, zs, cust, zone, row.Version)
+	case !errors.Is(err, ErrUnknownKey):
+		return nil, fmt.Errorf("zone %q: %w", zone, err)
+	}
+	zk, err := k.createZoneKeyLocked(ctx, zs, cust, zone, 1)
+	if !errors.Is(err, ErrExists) {
+		return zk, err
+	}
+	// Another process created the zone's first key: use theirs.
+	row, err = k.store.ZoneKey(ctx, zone, 0)
+	if err != nil {
+		return nil, fmt.Errorf("zone %q: reading the zone key another process created: %w", zone, err)
+	}
+	zs.current, zs.currentExpires = row.Version, now.Add(k.cfg.ZoneKeyTTL)
+	return k.zoneKeyLocked(ctx, zs, cust, zone, row.Version)
+}
+
+// createZoneKeyLocked makes zone key version, wraps it at the custodian and
+// stores it. zs.mu is held.
+func (k *Keyring) createZoneKeyLocked(ctx context.Context, zs *zoneState, cust kms.Custodian, zone string, version uint32) (*zoneKey, error) {
+	secret := make([]byte, 32)
+	defer clear(secret)
+	rand.Read(secret)
+	var idb [16]byte
+	rand.Read(idb[:])
+	id := hex.EncodeToString(idb[:])
+	w, err := cust.Wrap(ctx, secret, kms.Binding{Zone: zone, KeyID: id, Version: version})
+	if err != nil {
+		return nil, fmt.Errorf("zone %q: creating zone key v%d: %w", zone, version, err)
+	}
+	row := ZoneKeyRow{Zone: zone, Version: version, ID: id, Wrapped: w.Ciphertext, KEKVersion: w.KEKVersion, Created: k.now().UTC()}
+	if err := k.store.CreateZoneKey(ctx, row); err != nil {
+		return nil, err
+	}
+	zs.current, zs.currentExpires = version, k.now().Add(k.cfg.ZoneKeyTTL)
+	return k.cacheZoneKey(zs, version, secret)
+}
