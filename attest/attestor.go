@@ -1,0 +1,131 @@
+package attest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultRefreshInterval is how often an Attestor asks its Source for the
+// evidence again when RefreshInterval is zero.
+const DefaultRefreshInterval = time.Second
+
+// An Attestor binds a Source to a Verifier and caches the current Location
+// of this process. Current is the hot path: when nothing changed, it is an
+// atomic load and two time comparisons. The Source is asked again at most
+// once per RefreshInterval, or as soon as the cached Location expires, and
+// the token is verified again only when it changed. It is safe for
+// concurrent use.
+type Attestor struct {
+	// RefreshInterval bounds how often the Source is asked for the
+	// evidence; zero means DefaultRefreshInterval. Set it before the first
+	// call to Current.
+	RefreshInterval time.Duration
+
+	src Source
+	v   *Verifier
+	now func() time.Time // the clock; the Verifier's
+
+	state    atomic.Pointer[attestState]
+	mu       sync.Mutex   // serializes refreshes
+	verifies atomic.Int64 // Verify calls, for tests
+}
+
+// attestState is one immutable observation of the Source.
+type attestState struct {
+	loc       Location
+	token     string
+	err       error     // the refresh failed; returned until nextCheck
+	nextCheck time.Time // ask the Source again from this instant
+}
+
+// NewAttestor returns an Attestor that proves this process's location with
+// the evidence src yields, as v verifies it.
+func NewAttestor(src Source, v *Verifier) *Attestor {
+	return &Attestor{src: src, v: v, now: v.now}
+}
+
+// Current returns the verified Location of this process and the raw token
+// that proves it (to present to a custodian). An error wraps ErrAttestation;
+// a failed refresh is remembered for RefreshInterval, so a broken Source is
+// not asked on every call. While a valid Location is cached, a Source error
+// or a new token that does not verify is reported only once the cached
+// Location expires: the evidence at hand still proves the location until
+// then, and the new token is tried again every RefreshInterval.
+func (a *Attestor) Current(ctx context.Context) (Location, string, error) {
+	now := a.now()
+	if s := a.state.Load(); s != nil && now.Before(s.nextCheck) {
+		if s.err != nil {
+			return Location{}, "", s.err
+		}
+		if now.Before(s.loc.Expiry) {
+			return s.loc, s.token, nil
+		}
+	}
+	return a.refresh(ctx)
+}
+
+func (a *Attestor) refresh(ctx context.Context) (Location, string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	old := a.state.Load()
+	if old != nil && now.Before(old.nextCheck) { // refreshed while we waited
+		if old.err != nil {
+			return Location{}, "", old.err
+		}
+		if now.Before(old.loc.Expiry) {
+			return old.loc, old.token, nil
+		}
+	}
+	interval := a.RefreshInterval
+	if interval <= 0 {
+		interval = DefaultRefreshInterval
+	}
+	next := now.Add(interval)
+
+	tok, err := a.src.Token(ctx)
+	if err != nil {
+		if old != nil && old.err == nil && now.Before(old.loc.Expiry) {
+			a.state.Store(&attestState{loc: old.loc, token: old.token, nextCheck: next})
+			return old.loc, old.token, nil
+		}
+		if !errors.Is(err, ErrAttestation) {
+			err = fmt.Errorf("%w: attestation source: %w", ErrAttestation, err)
+		}
+		a.fail(ctx, err, next)
+		return Location{}, "", err
+	}
+	if old != nil && old.err == nil && tok == old.token && now.Before(old.loc.Expiry) {
+		a.state.Store(&attestState{loc: old.loc, token: old.token, nextCheck: next})
+		return old.loc, old.token, nil
+	}
+	a.verifies.Add(1)
+	loc, err := a.v.Verify(ctx, tok)
+	if err != nil {
+		// A new token that does not verify yet (its kid may be one the
+		// JWKS refetch rate limit has not let in) does not invalidate the
+		// previous evidence while that is valid; it is tried again next
+		// interval.
+		if old != nil && old.err == nil && now.Before(old.loc.Expiry) {
+			a.state.Store(&attestState{loc: old.loc, token: old.token, nextCheck: next})
+			return old.loc, old.token, nil
+		}
+		a.fail(ctx, err, next)
+		return Location{}, "", err
+	}
+	a.state.Store(&attestState{loc: loc, token: tok, nextCheck: next})
+	return loc, tok, nil
+}
+
+// fail remembers a failed refresh until next, unless it failed because the
+// caller's ctx ended: one caller's cancellation must not fail the others.
+func (a *Attestor) fail(ctx context.Context, err error, next time.Time) {
+	if ctx.Err() != nil {
+		return
+	}
+	a.state.Store(&attestState{err: err, nextCheck: next})
+}

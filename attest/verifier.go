@@ -1,0 +1,411 @@
+package attest
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+const (
+	defaultSkew = 60 * time.Second
+	maxSkew     = 5 * time.Minute
+	// maxTokenBytes bounds the evidence accepted for parsing. GCP identity
+	// tokens and JWT-SVIDs are around a kilobyte.
+	maxTokenBytes = 16 << 10
+	// cacheSize bounds the verified-token cache.
+	cacheSize = 1024
+)
+
+// defaultAlgorithms are the algorithms an issuer may sign with when its
+// IssuerConfig names none.
+var defaultAlgorithms = []string{string(jose.RS256), string(jose.ES256)}
+
+// asymmetricAlgs are the signature algorithms an issuer may be configured
+// with. HMAC algorithms are absent on purpose: with a JWKS, an HMAC "key"
+// would be public.
+var asymmetricAlgs = map[string]bool{
+	string(jose.RS256): true, string(jose.RS384): true, string(jose.RS512): true,
+	string(jose.PS256): true, string(jose.PS384): true, string(jose.PS512): true,
+	string(jose.ES256): true, string(jose.ES384): true, string(jose.ES512): true,
+	string(jose.EdDSA): true,
+}
+
+// IssuerConfig describes one trusted attestation issuer.
+type IssuerConfig struct {
+	// Issuer is the exact iss the issuer's tokens carry. Required.
+	Issuer string
+	// Audiences lists the aud values this deployment accepts; a token's aud
+	// must contain one of them. Required: an audience specific to zonekey
+	// keeps tokens minted for other services out.
+	Audiences []string
+
+	// Exactly one of JWKSFile, JWKSURL and JWKS says where the issuer's
+	// public keys come from. Tokens name their key by kid; a kid that is
+	// not in the set, or a set older than an hour, makes the Verifier load
+	// the file or fetch the URL again, at most once per 30 seconds (once
+	// per second until a first load succeeded). If that fails, the keys
+	// already loaded keep verifying. A key the issuer withdraws stops
+	// verifying, and the cached tokens it signed are dropped, at the next
+	// successful load. A JWKS value is fixed.
+	JWKSFile string
+	// JWKSURL must be https, or http to a loopback address (tests, a local
+	// sidecar); a redirect to anything else is refused.
+	JWKSURL string
+	// JWKS is a fixed key set.
+	JWKS *jose.JSONWebKeySet
+
+	// Algorithms lists the signature algorithms the issuer uses, from
+	// RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512 and
+	// EdDSA; default RS256 and ES256. HMAC algorithms and "none" are
+	// refused.
+	Algorithms []string
+	// Profile maps the verified claims to a Location; default
+	// RegionClaim("region").
+	Profile Profile
+	// MaxSkew is the clock difference tolerated for nbf and iat; default
+	// 60s, at most 5m (larger values are capped). exp has no leeway.
+	MaxSkew time.Duration
+	// MaxLifetime, if positive, refuses tokens whose exp is more than this
+	// after their iat: a bound on how long a stolen token can be replayed.
+	MaxLifetime time.Duration
+	// HTTPClient fetches JWKSURL; default a client with a 10s timeout.
+	HTTPClient *http.Client
+}
+
+// A Verifier checks attestation tokens against a fixed list of trusted
+// issuers and maps them to Locations. It is safe for concurrent use.
+type Verifier struct {
+	issuers map[string]*issuer
+	algs    []jose.SignatureAlgorithm // union over issuers, for parsing
+
+	now func() time.Time // the clock; replaced in tests
+
+	mu    sync.RWMutex
+	cache map[[sha256.Size]byte]cacheEntry
+}
+
+type cacheEntry struct {
+	loc Location
+	iss *issuer
+	kid string
+}
+
+// NewVerifier returns a Verifier that trusts the given issuers. Each
+// issuer's configuration is checked, and a JWKSFile or JWKS is loaded; a
+// JWKSURL is first fetched by the first Verify that needs it.
+func NewVerifier(issuers ...IssuerConfig) (*Verifier, error) {
+	if len(issuers) == 0 {
+		return nil, failf("no issuer configured")
+	}
+	v := &Verifier{
+		issuers: make(map[string]*issuer, len(issuers)),
+		now:     time.Now,
+		cache:   make(map[[sha256.Size]byte]cacheEntry),
+	}
+	for i, c := range issuers {
+		is, err := newIssuer(c)
+		if err != nil {
+			return nil, fmt.Errorf("%w: issuer %d (%q): %v", ErrAttestation, i, c.Issuer, err)
+		}
+		if v.issuers[is.name] != nil {
+			return nil, failf("issuer %q is configured twice", is.name)
+		}
+		v.issuers[is.name] = is
+		for alg := range is.algs {
+			if !slices.Contains(v.algs, jose.SignatureAlgorithm(alg)) {
+				v.algs = append(v.algs, jose.SignatureAlgorithm(alg))
+			}
+		}
+	}
+	slices.Sort(v.algs)
+	return v, nil
+}
+
+func newIssuer(c IssuerConfig) (*issuer, error) {
+	if c.Issuer == "" {
+		return nil, errors.New("the Issuer field is empty")
+	}
+	if len(c.Audiences) == 0 {
+		return nil, errors.New("the Audiences field is empty")
+	}
+	if slices.Contains(c.Audiences, "") {
+		return nil, errors.New("the Audiences field contains an empty audience")
+	}
+	is := &issuer{
+		name:        c.Issuer,
+		audiences:   slices.Clone(c.Audiences),
+		algs:        make(map[string]bool),
+		skew:        c.MaxSkew,
+		maxLifetime: c.MaxLifetime,
+		profile:     c.Profile,
+	}
+	algs := c.Algorithms
+	if len(algs) == 0 {
+		algs = defaultAlgorithms
+	}
+	for _, a := range algs {
+		if !asymmetricAlgs[a] {
+			return nil, fmt.Errorf("algorithm %q is not allowed (asymmetric signature algorithms only)", a)
+		}
+		is.algs[a] = true
+	}
+	switch {
+	case is.skew < 0:
+		return nil, errors.New("MaxSkew is negative")
+	case is.skew == 0:
+		is.skew = defaultSkew
+	case is.skew > maxSkew:
+		is.skew = maxSkew
+	}
+	if is.maxLifetime < 0 {
+		return nil, errors.New("MaxLifetime is negative")
+	}
+	if is.profile == nil {
+		is.profile = RegionClaim("region")
+	}
+
+	n := 0
+	for _, set := range []bool{c.JWKSFile != "", c.JWKSURL != "", c.JWKS != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, errors.New("exactly one of JWKSFile, JWKSURL and JWKS must be set")
+	}
+	switch {
+	case c.JWKS != nil:
+		ks, err := newKeySet(c.JWKS, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		is.set.Store(ks)
+		is.source = "the configured JWKS"
+	case c.JWKSFile != "":
+		path := c.JWKSFile
+		set, err := loadJWKSFile(path)
+		if err != nil {
+			return nil, err
+		}
+		ks, err := newKeySet(set, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		is.set.Store(ks)
+		is.load = func(context.Context) (*jose.JSONWebKeySet, error) { return loadJWKSFile(path) }
+		is.source = path
+	default:
+		u, err := url.Parse(c.JWKSURL)
+		if err != nil {
+			return nil, fmt.Errorf("JWKSURL: %w", err)
+		}
+		if !allowedJWKSURL(u) {
+			return nil, fmt.Errorf("JWKSURL %s must be https (or http to a loopback address)", u.Redacted())
+		}
+		client := c.HTTPClient
+		if client == nil {
+			client = &http.Client{Timeout: fetchTimeout}
+		}
+		raw := u.String()
+		is.load = func(ctx context.Context) (*jose.JSONWebKeySet, error) { return fetchJWKS(ctx, client, raw) }
+		is.source = u.Redacted()
+	}
+	return is, nil
+}
+
+// failf returns an error wrapping ErrAttestation.
+func failf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrAttestation}, args...)...)
+}
+
+// Verify checks token and returns the Location it attests.
+//
+// The token must be a compact JWS signed with one of its issuer's allowed
+// algorithms, under a key of that issuer named by the kid header whose type
+// fits the algorithm; iss must be a configured issuer, aud must contain one
+// of its audiences, exp and iat are required, exp must be in the future (no
+// leeway), and nbf and iat must not be in the future by more than the
+// issuer's MaxSkew. The issuer's Profile then maps the claims to the
+// Location; Issuer and Expiry come from iss and exp.
+//
+// A verified token is cached until its exp (in a cache of 1024 entries keyed
+// by the token's SHA-256), so verifying the same token again is a map
+// lookup; a cached token past its exp is refused. Every error wraps
+// ErrAttestation and says what failed; none contains the token. ctx bounds
+// a JWKS fetch, if one is needed.
+func (v *Verifier) Verify(ctx context.Context, token string) (Location, error) {
+	if token == "" {
+		return Location{}, failf("empty token")
+	}
+	if len(token) > maxTokenBytes {
+		return Location{}, failf("token is %d bytes; the limit is %d", len(token), maxTokenBytes)
+	}
+	now := v.now()
+	key := sha256.Sum256([]byte(token))
+	v.mu.RLock()
+	e, ok := v.cache[key]
+	v.mu.RUnlock()
+	if ok {
+		if now.Before(e.loc.Expiry) {
+			return e.loc, nil
+		}
+		v.mu.Lock()
+		delete(v.cache, key)
+		v.mu.Unlock()
+		return Location{}, failf("token expired at %s", e.loc.Expiry.UTC().Format(time.RFC3339))
+	}
+
+	e, err := v.verify(ctx, token, now)
+	if err != nil {
+		return Location{}, err
+	}
+	v.remember(key, e, now)
+	return e.loc, nil
+}
+
+// verify does the full check of a token not in the cache.
+func (v *Verifier) verify(ctx context.Context, token string, now time.Time) (cacheEntry, error) {
+	tok, err := jwt.ParseSigned(token, v.algs)
+	if err != nil {
+		return cacheEntry{}, failf("malformed token or disallowed algorithm: %v", err)
+	}
+	if len(tok.Headers) != 1 {
+		return cacheEntry{}, failf("token has %d signatures; want 1", len(tok.Headers))
+	}
+	hdr := tok.Headers[0]
+	if hdr.KeyID == "" {
+		return cacheEntry{}, failf("token header has no kid")
+	}
+	alg := hdr.Algorithm
+
+	// The unverified iss only selects which configured issuer's keys the
+	// signature must verify under; it is checked again once verified.
+	var unverified struct {
+		Issuer string `json:"iss"`
+	}
+	if err := tok.UnsafeClaimsWithoutVerification(&unverified); err != nil {
+		return cacheEntry{}, failf("malformed claims: %v", err)
+	}
+	is := v.issuers[unverified.Issuer]
+	if is == nil {
+		return cacheEntry{}, failf("issuer %.64q is not trusted", unverified.Issuer)
+	}
+	if !is.algs[alg] {
+		return cacheEntry{}, failf("algorithm %s is not allowed for issuer %q", alg, is.name)
+	}
+	keys, err := is.keys(ctx, hdr.KeyID, now, func(ks *keySet) { v.forgetWithdrawn(is, ks) })
+	if err != nil {
+		return cacheEntry{}, fmt.Errorf("%w: %w", ErrAttestation, err)
+	}
+
+	var (
+		std      jwt.Claims
+		claims   map[string]any
+		verified bool
+		usable   bool
+	)
+	for _, k := range keys {
+		if !k.accepts(alg) {
+			continue
+		}
+		usable = true
+		err := tok.Claims(k.key, &std, &claims)
+		if err == nil {
+			verified = true
+			break
+		}
+		if !errors.Is(err, jose.ErrCryptoFailure) {
+			return cacheEntry{}, failf("token rejected: %v", err)
+		}
+	}
+	switch {
+	case !usable:
+		return cacheEntry{}, failf("key %.64q of issuer %q cannot verify %s signatures", hdr.KeyID, is.name, alg)
+	case !verified:
+		return cacheEntry{}, failf("signature does not verify under key %.64q of issuer %q", hdr.KeyID, is.name)
+	}
+
+	if std.Expiry == nil {
+		return cacheEntry{}, failf("token has no exp")
+	}
+	if std.IssuedAt == nil {
+		return cacheEntry{}, failf("token has no iat")
+	}
+	exp, iat := std.Expiry.Time(), std.IssuedAt.Time()
+	err = std.ValidateWithLeeway(jwt.Expected{Issuer: is.name, AnyAudience: is.audiences, Time: now}, is.skew)
+	switch {
+	case errors.Is(err, jwt.ErrInvalidIssuer):
+		return cacheEntry{}, failf("iss does not match issuer %q", is.name)
+	case errors.Is(err, jwt.ErrInvalidAudience):
+		return cacheEntry{}, failf("aud contains none of the audiences %q accepted for issuer %q", is.audiences, is.name)
+	case errors.Is(err, jwt.ErrNotValidYet):
+		return cacheEntry{}, failf("token not valid before %s (nbf)", std.NotBefore.Time().UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrIssuedInTheFuture):
+		return cacheEntry{}, failf("token issued in the future (iat %s), beyond the allowed skew of %s", iat.UTC().Format(time.RFC3339), is.skew)
+	case err != nil && !errors.Is(err, jwt.ErrExpired):
+		return cacheEntry{}, failf("invalid claims: %v", err)
+	}
+	if !now.Before(exp) {
+		return cacheEntry{}, failf("token expired at %s", exp.UTC().Format(time.RFC3339))
+	}
+	if is.maxLifetime > 0 && exp.Sub(iat) > is.maxLifetime {
+		return cacheEntry{}, failf("token lifetime %s exceeds the maximum of %s for issuer %q", exp.Sub(iat), is.maxLifetime, is.name)
+	}
+
+	loc, err := is.profile.Locate(claims)
+	if err != nil {
+		return cacheEntry{}, failf("claims of issuer %q do not name a location: %v", is.name, err)
+	}
+	loc.Issuer = is.name
+	loc.Expiry = exp.UTC()
+	return cacheEntry{loc: loc, iss: is, kid: hdr.KeyID}, nil
+}
+
+// remember caches a verified token. When the cache is full, expired entries
+// are dropped, and if none was, the entry closest to expiry.
+func (v *Verifier) remember(key [sha256.Size]byte, e cacheEntry, now time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.cache[key]; !ok && len(v.cache) >= cacheSize {
+		var (
+			victim [sha256.Size]byte
+			soon   time.Time
+		)
+		for k, old := range v.cache {
+			if !now.Before(old.loc.Expiry) {
+				delete(v.cache, k)
+				continue
+			}
+			if soon.IsZero() || old.loc.Expiry.Before(soon) {
+				victim, soon = k, old.loc.Expiry
+			}
+		}
+		if len(v.cache) >= cacheSize {
+			delete(v.cache, victim)
+		}
+	}
+	v.cache[key] = e
+}
+
+// forgetWithdrawn drops cached verifications made under keys of is that
+// its newly loaded key set no longer holds.
+func (v *Verifier) forgetWithdrawn(is *issuer, ks *keySet) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for k, e := range v.cache {
+		if e.iss == is {
+			if _, ok := ks.keys[e.kid]; !ok {
+				delete(v.cache, k)
+			}
+		}
+	}
+}
