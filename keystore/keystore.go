@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zonekey/zonekey/audit"
 	"github.com/zonekey/zonekey/envelope"
 	"github.com/zonekey/zonekey/internal/errs"
 	"github.com/zonekey/zonekey/kms"
@@ -96,6 +97,15 @@ type Config struct {
 	// DEK (for records without a subject) by this process.
 	RollingMaxUses uint64
 	RollingMaxAge  time.Duration
+	// Policy decides which callers may use each zone's keys; it is asked
+	// on every DataKey and Key call, before any store read or custodian
+	// call. Nil means no custody check: only for tools and tests that run
+	// with the custodian's own authority.
+	Policy Policy
+	// Audit receives an event for every key unwrap and creation and every
+	// denial. If recording a key operation fails, the operation is
+	// refused (ErrAudit). Nil records nothing.
+	Audit audit.Sink
 	// Now returns the current time; tests set it. Defaults to time.Now.
 	Now func() time.Time
 }
@@ -116,6 +126,8 @@ type Keyring struct {
 	custodians map[string]kms.Custodian
 	cfg        Config
 	now        func() time.Time
+	policy     Policy
+	audit      audit.Sink
 
 	cache *lru // DEKs by id, and current DEK by (zone, subject)
 
@@ -169,6 +181,8 @@ func New(cfg Config) (*Keyring, error) {
 		custodians: cs,
 		cfg:        cfg,
 		now:        now,
+		policy:     cfg.Policy,
+		audit:      cfg.Audit,
 		cache:      newLRU(cfg.DEKCacheSize),
 		zones:      make(map[string]*zoneState, len(cs)),
 	}
@@ -239,13 +253,18 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 	if k.closed.Load() {
 		return nil, ErrClosed
 	}
+	caller, err := k.authorize(ctx, zone, subject, nil)
+	if err != nil {
+		return nil, err
+	}
 	if subject == "" {
-		return k.rollingKey(ctx, zone)
+		return k.rollingKey(kms.WithCaller(ctx, caller), zone)
 	}
 	now := k.now()
 	if d := k.cache.current(zone, subject, now); d != nil {
 		return d, nil
 	}
+	ctx = kms.WithCaller(ctx, caller)
 	if len(subject) > MaxSubject {
 		return nil, fmt.Errorf("%w: subject of %d bytes, longer than the %d allowed", ErrInvalidValue, len(subject), MaxSubject)
 	}
@@ -291,6 +310,9 @@ func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 		return nil, ErrClosed
 	}
 	if d := k.cache.get(id, k.now()); d != nil {
+		if _, err := k.authorize(ctx, d.Zone, d.Subject, &id); err != nil {
+			return nil, err
+		}
 		return d, nil
 	}
 	row, err := k.store.DEK(ctx, id)
@@ -300,7 +322,11 @@ func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 	if row.ID != id {
 		return nil, fmt.Errorf("%w: store returned DEK %s for DEK %s", ErrTampered, row.ID, id)
 	}
-	return k.load(ctx, row)
+	caller, err := k.authorize(ctx, row.Zone, row.Subject, &row.ID)
+	if err != nil {
+		return nil, err
+	}
+	return k.load(kms.WithCaller(ctx, caller), row)
 }
 
 // Prefetch loads the DEKs among ids that are not cached with one Store
@@ -324,8 +350,25 @@ func (k *Keyring) Prefetch(ctx context.Context, ids []envelope.KeyID) error {
 	if err != nil {
 		return err
 	}
+	// One custody decision per zone; rows of zones the caller may not use
+	// are left for Key to refuse (and audit) if they are asked for.
+	type decision struct {
+		caller Caller
+		err    error
+	}
+	decisions := map[string]decision{}
 	for _, row := range rows {
-		if _, err := k.load(ctx, row); err != nil {
+		d, ok := decisions[row.Zone]
+		if !ok {
+			if k.policy != nil {
+				d.caller, d.err = k.policy.Authorize(ctx, row.Zone)
+			}
+			decisions[row.Zone] = d
+		}
+		if d.err != nil {
+			continue
+		}
+		if _, err := k.load(kms.WithCaller(ctx, d.caller), row); err != nil {
 			return err
 		}
 	}
@@ -421,6 +464,12 @@ func (k *Keyring) storeNewDEK(ctx context.Context, zk *zoneKey, zone, subject st
 		Created:        k.now().UTC(),
 	}
 	row.Wrapped = zk.aead.Seal(nil, nil, secret, dekAD(row))
+	caller, _ := kms.CallerFrom(ctx)
+	ev := audit.Event{Action: audit.DEKCreate, Decision: audit.Allow, Zone: zone, Subject: subject, DEK: row.ID.String(), ZoneKeyVersion: zk.version}
+	// Recorded before the row exists: no DEK is created unrecorded.
+	if err := k.record(ctx, caller, ev); err != nil {
+		return nil, err
+	}
 	if err := k.store.CreateDEK(ctx, row); err != nil {
 		return nil, err
 	}
@@ -440,11 +489,19 @@ func (k *Keyring) unwrapDEK(ctx context.Context, zs *zoneState, cust kms.Custodi
 	if err != nil {
 		return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
 	}
+	caller, _ := kms.CallerFrom(ctx)
+	ev := audit.Event{Action: audit.DEKUnwrap, Decision: audit.Allow, Zone: row.Zone, Subject: row.Subject, DEK: row.ID.String(), ZoneKeyVersion: row.ZoneKeyVersion}
 	secret, err := zk.aead.Open(nil, nil, row.Wrapped, dekAD(row))
 	if err != nil {
-		return nil, fmt.Errorf("%w: DEK %s of zone %q does not authenticate under zone key v%d (altered or relabelled row)", ErrTampered, row.ID, row.Zone, row.ZoneKeyVersion)
+		err = fmt.Errorf("%w: DEK %s of zone %q does not authenticate under zone key v%d (altered or relabelled row)", ErrTampered, row.ID, row.Zone, row.ZoneKeyVersion)
+		ev.Decision, ev.Reason = audit.Error, err.Error()
+		k.record(ctx, caller, ev)
+		return nil, err
 	}
 	defer clear(secret)
+	if err := k.record(ctx, caller, ev); err != nil {
+		return nil, err
+	}
 	return k.newDEK(row, secret)
 }
 
@@ -505,11 +562,22 @@ func (k *Keyring) zoneKeyLocked(ctx context.Context, zs *zoneState, cust kms.Cus
 	if row.Zone != zone || row.Version != version {
 		return nil, fmt.Errorf("%w: store returned zone key %q v%d for %q v%d", ErrTampered, row.Zone, row.Version, zone, version)
 	}
+	caller, _ := kms.CallerFrom(ctx)
+	ev := audit.Event{Action: audit.ZoneKeyUnwrap, Decision: audit.Allow, Zone: zone, ZoneKeyVersion: version, KEKVersion: row.KEKVersion}
 	secret, err := cust.Unwrap(ctx, kms.Wrapped{Ciphertext: row.Wrapped, KEKVersion: row.KEKVersion}, kms.Binding{Zone: zone, KeyID: row.ID, Version: version})
 	if err != nil {
-		return nil, fmt.Errorf("zone %q key v%d: %w", zone, version, err)
+		err = fmt.Errorf("zone %q key v%d: %w", zone, version, err)
+		ev.Decision, ev.Reason = audit.Error, err.Error()
+		if errors.Is(err, kms.ErrDenied) || errors.Is(err, ErrOutsideCustody) {
+			ev.Decision = audit.Deny
+		}
+		k.record(ctx, caller, ev)
+		return nil, err
 	}
 	defer clear(secret)
+	if err := k.record(ctx, caller, ev); err != nil {
+		return nil, err
+	}
 	return k.cacheZoneKey(zs, version, secret)
 }
 
@@ -572,6 +640,10 @@ func (k *Keyring) createZoneKeyLocked(ctx context.Context, zs *zoneState, cust k
 		return nil, fmt.Errorf("zone %q: creating zone key v%d: %w", zone, version, err)
 	}
 	row := ZoneKeyRow{Zone: zone, Version: version, ID: id, Wrapped: w.Ciphertext, KEKVersion: w.KEKVersion, Created: k.now().UTC()}
+	caller, _ := kms.CallerFrom(ctx)
+	if err := k.record(ctx, caller, audit.Event{Action: audit.ZoneKeyCreate, Decision: audit.Allow, Zone: zone, ZoneKeyVersion: version, KEKVersion: w.KEKVersion}); err != nil {
+		return nil, err
+	}
 	if err := k.store.CreateZoneKey(ctx, row); err != nil {
 		return nil, err
 	}

@@ -169,3 +169,51 @@ func Open(ctx context.Context, rawURL string) (Custodian, error) {
 	}
 	return open(ctx, u)
 }
+
+// Caller is the verified caller on whose behalf a custodian is asked. The
+// keystore puts it in the context of every Wrap and Unwrap, so that drivers
+// whose custodian authenticates the caller itself (Vault's JWT login with
+// the caller's attestation) can present the caller's evidence.
+type Caller struct {
+	Region   string // attested region, e.g. "europe-west1"
+	Workload string // attested workload identity
+	Issuer   string // attestation issuer
+	Token    string // the raw attestation evidence (a JWT), or ""
+}
+
+type callerKey struct{}
+
+// WithCaller returns a context that carries c to custodians.
+func WithCaller(ctx context.Context, c Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
+// CallerFrom returns the caller that ctx carries, if any.
+func CallerFrom(ctx context.Context) (Caller, bool) {
+	c, ok := ctx.Value(callerKey{}).(Caller)
+	return c, ok
+}
+
+// KeyManager is implemented by custodians that manage the versions of their
+// KEK. Rotation, key epochs and the custodian CLI use it; encryption and
+// decryption never do.
+type KeyManager interface {
+	// Rotate makes a new KEK version the primary one, used by Wrap from
+	// now on, and returns its number.
+	Rotate(ctx context.Context) (uint32, error)
+	// Rewrap re-encrypts w (wrapped for b under any live KEK version)
+	// under the primary version. Custodians that can do so server-side
+	// (Vault's rewrap) never expose the zone key to the caller.
+	Rewrap(ctx context.Context, w Wrapped, b Binding) (Wrapped, error)
+	// KEKVersions returns the oldest version that can still unwrap and
+	// the primary version.
+	KEKVersions(ctx context.Context) (minLive, primary uint32, err error)
+	// RetireBelow makes versions older than v refuse to unwrap (Vault's
+	// min_decryption_version); where the custodian allows, it can be
+	// lowered again. v must not exceed the primary version.
+	RetireBelow(ctx context.Context, v uint32) error
+	// DestroyBelow irrevocably destroys the versions older than v (Vault:
+	// trim; Cloud KMS: destroy; local: erase from the file). Nothing
+	// wrapped under them can be unwrapped again by anyone.
+	DestroyBelow(ctx context.Context, v uint32) error
+}

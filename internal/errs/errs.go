@@ -28,4 +28,5 @@ var (
 	KMSConfig        = errors.New("zonekey: invalid custodian configuration")
 	Denied           = errors.New("zonekey: custodian denied the request")
 	Store            = errors.New("zonekey: keystore storage failure")
+	Audit            = errors.New("zonekey: audit record could not be written")
 )

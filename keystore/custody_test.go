@@ -1,0 +1,293 @@
+package keystore_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/zonekey/zonekey/attest"
+	"github.com/zonekey/zonekey/audit"
+	"github.com/zonekey/zonekey/envelope"
+	"github.com/zonekey/zonekey/keystore"
+	"github.com/zonekey/zonekey/kms"
+)
+
+// caller switches the attested location the policy sees between real
+// Attestors, each verifying a token of a dev issuer.
+type caller struct {
+	cur atomic.Pointer[attest.Attestor]
+}
+
+func (c *caller) Current(ctx context.Context) (attest.Location, string, error) {
+	return c.cur.Load().Current(ctx)
+}
+
+// sink collects audit events; fail makes Record fail.
+type sink struct {
+	mu     sync.Mutex
+	events []audit.Event
+	fail   atomic.Bool
+}
+
+func (s *sink) Record(_ context.Context, e audit.Event) error {
+	if s.fail.Load() {
+		return errors.New("audit store is full")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, e)
+	return nil
+}
+
+func (s *sink) of(a audit.Action, d audit.Decision) []audit.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []audit.Event
+	for _, e := range s.events {
+		if e.Action == a && e.Decision == d {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// custodyEnv is an env with a dev attestation issuer, attestors for callers
+// in several regions, and a keyring whose policy opens zone eu to two EU
+// regions and zone us to us-east1.
+type custodyEnv struct {
+	*env
+	issuer  *attest.DevIssuer
+	caller  *caller
+	audit   *sink
+	callers map[string]*attest.Attestor
+}
+
+const audience = "zonekey-test"
+
+func newCustodyEnv(t *testing.T) *custodyEnv {
+	t.Helper()
+	iss, err := attest.NewDevIssuer("https://attest.test")
+	require.NoError(t, err)
+	v, err := attest.NewVerifier(iss.IssuerConfig(audience))
+	require.NoError(t, err)
+	e := &custodyEnv{env: newEnv(t, false), issuer: iss, caller: &caller{}, audit: &sink{}, callers: map[string]*attest.Attestor{}}
+	for _, region := range []string{"europe-west1", "us-east1", "asia-east1"} {
+		tok, err := iss.Token(audience, region, "svc-"+region, time.Hour)
+		require.NoError(t, err)
+		e.callers[region] = attest.NewAttestor(attest.StaticSource(tok), v)
+	}
+	// An attestor whose evidence is expired.
+	expired, err := iss.Mint(map[string]any{
+		"iss": iss.Issuer(), "aud": audience, "sub": "svc-old", "region": "europe-west1",
+		"iat": time.Now().Add(-2 * time.Hour).Unix(), "exp": time.Now().Add(-time.Hour).Unix(),
+	})
+	require.NoError(t, err)
+	e.callers["expired"] = attest.NewAttestor(attest.StaticSource(expired), v)
+	e.as("europe-west1")
+	return e
+}
+
+func (e *custodyEnv) as(region string) { e.caller.cur.Store(e.callers[region]) }
+
+func (e *custodyEnv) keyring(t *testing.T) *keystore.Keyring {
+	return e.env.keyring(t, func(c *keystore.Config) {
+		// The real clock: attestation checks token expiry against it.
+		c.Now = nil
+		c.Policy = &keystore.RegionPolicy{
+			Regions:  map[string][]string{"eu": {"europe-west1", "europe-west4"}, "us": {"us-east1"}},
+			Attestor: e.caller,
+		}
+		c.Audit = e.audit
+	})
+}
+
+func TestCustodyInZoneCallerIsServed(t *testing.T) {
+	e := newCustodyEnv(t)
+	k := e.keyring(t)
+	d := dataKey(t, k, "eu", "alice")
+	require.Equal(t, "eu", d.Zone)
+	require.Equal(t, d.ID(), key(t, k, d.ID()).ID())
+
+	e.as("us-east1")
+	du := dataKey(t, k, "us", "bob")
+	require.Equal(t, "us", du.Zone)
+}
+
+func TestCustodyOutOfZoneRefusedBeforeAnyKeyAccess(t *testing.T) {
+	e := newCustodyEnv(t)
+	// An EU process creates alice's DEK; a fresh keyring in the US then
+	// tries to read it.
+	id := dataKey(t, e.keyring(t), "eu", "alice").ID()
+	_, unwrapsBefore := e.cust["eu"].calls()
+	readsBefore := e.store.dek.Load()
+
+	e.as("us-east1")
+	k := e.keyring(t)
+	_, err := k.DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
+	require.Contains(t, err.Error(), "us-east1")
+	_, err = k.Key(t.Context(), id)
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
+	require.NoError(t, k.Prefetch(t.Context(), []envelope.KeyID{id}))
+	_, err = k.Key(t.Context(), id)
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
+
+	_, unwrapsAfter := e.cust["eu"].calls()
+	require.Equal(t, unwrapsBefore, unwrapsAfter, "the custodian was never asked for the eu zone key")
+	// Key reads the row to learn the DEK's zone, never unwraps it.
+	require.LessOrEqual(t, e.store.dek.Load()-readsBefore, int64(2))
+	n, _, _ := keystore.CacheSizes(k)
+	require.Equal(t, 0, n, "no DEK of the zone is held by the out-of-zone keyring")
+
+	denials := e.audit.of(audit.Access, audit.Deny)
+	require.Len(t, denials, 3)
+	for _, ev := range denials {
+		require.Equal(t, "eu", ev.Zone)
+		require.Equal(t, "us-east1", ev.Region)
+		require.Equal(t, "svc-us-east1", ev.Workload)
+		require.Equal(t, "https://attest.test", ev.Issuer)
+		require.Contains(t, ev.Reason, "outside")
+	}
+	require.Equal(t, id.String(), denials[1].DEK)
+}
+
+func TestCustodyCheckedOnCacheHits(t *testing.T) {
+	e := newCustodyEnv(t)
+	k := e.keyring(t)
+	d := dataKey(t, k, "eu", "alice")
+
+	// The same process (cached DEK and zone key) is now attested elsewhere,
+	// as after a token refresh: cached keys are no longer served.
+	e.as("asia-east1")
+	_, err := k.DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
+	_, err = k.Key(t.Context(), d.ID())
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
+
+	e.as("europe-west1")
+	require.Equal(t, d.ID(), key(t, k, d.ID()).ID())
+}
+
+func TestCustodyBadEvidence(t *testing.T) {
+	e := newCustodyEnv(t)
+	k := e.keyring(t)
+	d := dataKey(t, k, "eu", "alice")
+	e.as("expired")
+	_, err := k.DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrAttestation)
+	require.NotErrorIs(t, err, keystore.ErrOutsideCustody)
+	_, err = k.Key(t.Context(), d.ID())
+	require.ErrorIs(t, err, keystore.ErrAttestation)
+	require.Len(t, e.audit.of(audit.Access, audit.Deny), 2)
+}
+
+func TestCustodyUnknownZone(t *testing.T) {
+	e := newCustodyEnv(t)
+	_, err := e.keyring(t).DataKey(t.Context(), "apac", "alice")
+	require.ErrorIs(t, err, keystore.ErrUnknownZone)
+}
+
+func TestCustodyAuditsKeyOperations(t *testing.T) {
+	e := newCustodyEnv(t)
+	d := dataKey(t, e.keyring(t), "eu", "alice")
+	require.Len(t, e.audit.of(audit.ZoneKeyCreate, audit.Allow), 1)
+	creates := e.audit.of(audit.DEKCreate, audit.Allow)
+	require.Len(t, creates, 1)
+	require.Equal(t, d.ID().String(), creates[0].DEK)
+	require.Equal(t, "alice", creates[0].Subject)
+	require.Equal(t, "europe-west1", creates[0].Region)
+
+	// A cold keyring unwraps the zone key once and the DEK once.
+	key(t, e.keyring(t), d.ID())
+	zk := e.audit.of(audit.ZoneKeyUnwrap, audit.Allow)
+	require.Len(t, zk, 1)
+	require.Equal(t, uint32(1), zk[0].ZoneKeyVersion)
+	require.NotZero(t, zk[0].KEKVersion)
+	require.Equal(t, "svc-europe-west1", zk[0].Workload)
+	require.Len(t, e.audit.of(audit.DEKUnwrap, audit.Allow), 1)
+	for _, ev := range e.audit.events {
+		require.False(t, ev.Time.IsZero())
+	}
+}
+
+func TestCustodyAuditFailsClosed(t *testing.T) {
+	e := newCustodyEnv(t)
+	k := e.keyring(t)
+	e.audit.fail.Store(true)
+	_, err := k.DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrAudit)
+	_, err = e.store.LatestDEK(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrUnknownKey, "no key was created unrecorded")
+
+	e.audit.fail.Store(false)
+	d := dataKey(t, k, "eu", "alice")
+	e.audit.fail.Store(true)
+	_, err = e.keyring(t).Key(t.Context(), d.ID())
+	require.ErrorIs(t, err, keystore.ErrAudit, "no key is unwrapped unrecorded")
+}
+
+// callerSpy records the caller a custodian is asked on behalf of.
+type callerSpy struct {
+	kms.Custodian
+	mu   sync.Mutex
+	seen []kms.Caller
+}
+
+func (c *callerSpy) Unwrap(ctx context.Context, w kms.Wrapped, b kms.Binding) ([]byte, error) {
+	cl, _ := kms.CallerFrom(ctx)
+	c.mu.Lock()
+	c.seen = append(c.seen, cl)
+	c.mu.Unlock()
+	return c.Custodian.Unwrap(ctx, w, b)
+}
+
+func TestCustodyCustodianSeesCallerEvidence(t *testing.T) {
+	e := newCustodyEnv(t)
+	id := dataKey(t, e.keyring(t), "eu", "alice").ID()
+	spy := &callerSpy{Custodian: e.cust["eu"]}
+	k := e.env.keyring(t, func(c *keystore.Config) {
+		c.Now = nil
+		c.Custodians["eu"] = spy
+		c.Policy = &keystore.RegionPolicy{Regions: map[string][]string{"eu": {"europe-west1"}, "us": {"us-east1"}}, Attestor: e.caller}
+	})
+	key(t, k, id)
+	require.Len(t, spy.seen, 1)
+	require.Equal(t, "europe-west1", spy.seen[0].Region)
+	require.NotEmpty(t, spy.seen[0].Token, "the custodian gets the caller's evidence to check it again")
+}
+
+func TestRegionPolicyCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		p       keystore.RegionPolicy
+		wantErr error
+	}{
+		{"restricted zone needs attestation", keystore.RegionPolicy{Regions: map[string][]string{"eu": {"europe-west1"}}}, keystore.ErrAttestation},
+		{"zone with no region", keystore.RegionPolicy{Regions: map[string][]string{"eu": {}}}, keystore.ErrOutsideCustody},
+		{"open zone without attestation", keystore.RegionPolicy{Regions: map[string][]string{"dev": {keystore.AnyRegion}}}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.p.Check()
+			if tc.wantErr == nil {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, tc.wantErr)
+		})
+	}
+}
+
+func TestRegionPolicyOpenZone(t *testing.T) {
+	p := &keystore.RegionPolicy{Regions: map[string][]string{"dev": {keystore.AnyRegion}, "eu": {"europe-west1"}}}
+	_, err := p.Authorize(t.Context(), "dev")
+	require.NoError(t, err)
+	_, err = p.Authorize(t.Context(), "eu")
+	require.ErrorIs(t, err, keystore.ErrAttestation)
+	_, err = p.Authorize(t.Context(), "us")
+	require.ErrorIs(t, err, keystore.ErrAttestation)
+}
