@@ -146,6 +146,7 @@ var _ kms.Custodian = (*Custodian)(nil)
 // raw key bytes are wiped as soon as the ciphers are built.
 type keyring struct {
 	primary  uint32
+	minLive  uint32   // versions below refuse to unwrap (RetireBelow)
 	versions []uint32 // ascending
 	aeads    map[uint32]cipher.AEAD
 }
@@ -362,6 +363,9 @@ func (c *Custodian) Unwrap(ctx context.Context, w kms.Wrapped, b kms.Binding) ([
 	if !ok {
 		return nil, fmt.Errorf("%w: localkms: unwrap %v: KEK version %d is not in %s", kms.ErrUnknownKey, b, v, c.path)
 	}
+	if v < c.ring.minLive {
+		return nil, fmt.Errorf("%w: localkms: unwrap %v: KEK version %d is retired (below %d) in %s", kms.ErrUnknownKey, b, v, c.ring.minLive, c.path)
+	}
 	key, err := aead.Open(nil, nil, ct[headerSize:], associatedData(ct[:headerSize], b))
 	if err != nil {
 		return nil, tampered(fmt.Sprintf("authentication under KEK version %d failed", v))
@@ -532,9 +536,12 @@ func checkBinding(b kms.Binding) error {
 
 // kekFile is the JSON form of a KEK file.
 type kekFile struct {
-	Format   string       `json:"format"`
-	Primary  uint32       `json:"primary"`
-	Versions []kekVersion `json:"versions"`
+	Format  string `json:"format"`
+	Primary uint32 `json:"primary"`
+	// MinDecrypt, when set, makes versions below it refuse to unwrap
+	// (RetireBelow); unlike DestroyBelow it can be lowered again.
+	MinDecrypt uint32       `json:"min_decrypt,omitempty"`
+	Versions   []kekVersion `json:"versions"`
 }
 
 type kekVersion struct {
@@ -651,12 +658,15 @@ func (d *kekFile) validate() error {
 	if !primary {
 		return fmt.Errorf("primary KEK version %d is not in the file", d.Primary)
 	}
+	if d.MinDecrypt > d.Primary {
+		return fmt.Errorf("min_decrypt %d is above the primary KEK version %d", d.MinDecrypt, d.Primary)
+	}
 	return nil
 }
 
 // keyring builds the ciphers of d's versions.
 func (d *kekFile) keyring() (*keyring, error) {
-	r := &keyring{primary: d.Primary, aeads: make(map[uint32]cipher.AEAD, len(d.Versions))}
+	r := &keyring{primary: d.Primary, minLive: d.MinDecrypt, aeads: make(map[uint32]cipher.AEAD, len(d.Versions))}
 	for _, kv := range d.Versions {
 		block, err := aes.NewCipher(kv.Key)
 		if err != nil {
@@ -731,4 +741,64 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+var _ kms.KeyManager = (*Custodian)(nil)
+
+// Rewrap unwraps w and wraps the key again under the primary version. The
+// zone key passes through this process's memory, as every local operation
+// does.
+func (c *Custodian) Rewrap(ctx context.Context, w kms.Wrapped, b kms.Binding) (kms.Wrapped, error) {
+	key, err := c.Unwrap(ctx, w, b)
+	if err != nil {
+		return kms.Wrapped{}, err
+	}
+	defer clear(key)
+	return c.Wrap(ctx, key, b)
+}
+
+// KEKVersions returns the oldest version that still unwraps and the primary
+// version, as the custodian last read them from the file.
+func (c *Custodian) KEKVersions(ctx context.Context) (minLive, primary uint32, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.ring == nil {
+		return 0, 0, c.closedError("list versions")
+	}
+	minLive = c.ring.primary
+	for _, v := range c.ring.versions {
+		if v >= c.ring.minLive {
+			minLive = v
+			break
+		}
+	}
+	return minLive, c.ring.primary, nil
+}
+
+// RetireBelow makes versions below v refuse to unwrap, recording the bound
+// in the file; a later call may lower it again. v must not exceed the
+// primary version.
+func (c *Custodian) RetireBelow(ctx context.Context, v uint32) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ring == nil {
+		return c.closedError("retire versions")
+	}
+	doc, err := readKEKFile(c.path)
+	if err != nil {
+		return err
+	}
+	defer doc.wipe()
+	if v > doc.Primary {
+		return fmt.Errorf("%w: localkms: retire KEK versions below %d in %s: that would retire the primary version %d",
+			errs.InvalidValue, v, c.path, doc.Primary)
+	}
+	doc.MinDecrypt = v
+	return c.replace(doc)
 }
