@@ -1,0 +1,686 @@
+// Package fieldcrypt encrypts and decrypts the tagged fields of Go structs in
+// place, each under its record's data key.
+//
+//	type User struct {
+//		ID     string `zonekey:"subject"` // whose data: selects the DEK
+//		Region string `zonekey:"zone"`    // custody zone of the record
+//		Phone  string `zonekey:"encrypt"` // sealed in place
+//		Notes  []byte `zonekey:"encrypt"`
+//		Plan   string                     // untouched
+//	}
+//
+// Tagged fields may be strings, byte slices, pointers to them, and slices,
+// arrays and string-keyed maps of those; "encrypt" on a struct (or a slice or
+// map of structs) seals every string and []byte in it. Untagged struct fields
+// and embedded structs are walked for tagged fields inside them; interface
+// fields and unexported untagged fields are not. Anything else tagged
+// "encrypt", an unknown tag or option, and a zone or subject tag anywhere but
+// on a string field of the record itself (or of a struct it embeds by value)
+// are refused when the type is first seen, with a *PlanError naming the
+// field.
+//
+// The plan of a type is built once and cached; Encrypt and Decrypt then walk
+// precomputed field indexes and do no tag parsing. Both are all-or-nothing:
+// every new value is computed first and the struct is written only when all
+// succeeded, so a failed call leaves it exactly as it was.
+//
+// Each ciphertext is bound to its field path (the full Go selector from the
+// record, embedded struct names included, with "[]" for slice and array
+// elements and "{}" for map values), its map key and the record's subject
+// (see package envelope): moved to another field, map key or subject's
+// record, it fails to open with ErrTampered. Elements of one slice are not
+// bound to their index, and values at different depths of a recursive type
+// share the paths of the outermost level, so moves among those are not
+// detected. A value reachable along two different paths (aliased pointers,
+// slices or maps) cannot be bound to both and is refused with
+// ErrInvalidValue, as is a cyclic value.
+package fieldcrypt
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"github.com/zonekey/zonekey/envelope"
+	"github.com/zonekey/zonekey/internal/errs"
+	"github.com/zonekey/zonekey/keystore"
+)
+
+// Errors, wrapped in a *FieldError or *PlanError that says where. They are
+// the same values as the sentinels of package zonekey; the keyring's own
+// errors (package keystore) are passed on wrapped in a *FieldError too.
+var (
+	// ErrUnsupportedField reports a struct type fieldcrypt cannot handle.
+	ErrUnsupportedField = errs.UnsupportedField
+	// ErrInvalidValue reports an argument that is not a non-nil pointer to
+	// a struct, or a record whose zone or subject is missing.
+	ErrInvalidValue = errs.InvalidValue
+	// ErrNotEncrypted reports a plaintext value met by Decrypt; pass
+	// AllowPlaintext to leave such values as they are.
+	ErrNotEncrypted = errs.NotEncrypted
+	// ErrTampered reports a ciphertext that failed authentication: altered,
+	// or moved from another field, map key or subject.
+	ErrTampered = errs.Tampered
+	// ErrFormat reports a malformed ciphertext.
+	ErrFormat = errs.Format
+	// ErrUnknownKey reports a ciphertext under a DEK the keyring does not
+	// hold (for example one sealed by another keystore).
+	ErrUnknownKey = errs.UnknownKey
+	// ErrUnknownZone reports a record whose zone is not configured.
+	ErrUnknownZone = errs.UnknownZone
+	// ErrKMSUnavailable reports that the zone's custodian could not be
+	// reached; the record is unchanged and a retry may succeed.
+	ErrKMSUnavailable = errs.KMSUnavailable
+)
+
+// Keyring is what fieldcrypt needs of the keystore: the DEK to encrypt a
+// subject's data, and the DEK a ciphertext names. *keystore.Keyring
+// implements it.
+type Keyring interface {
+	DataKey(ctx context.Context, zone, subject string) (*keystore.DEK, error)
+	Key(ctx context.Context, id envelope.KeyID) (*keystore.DEK, error)
+}
+
+// Crypter encrypts and decrypts tagged struct fields. It is safe for
+// concurrent use.
+type Crypter struct {
+	keys     Keyring
+	resolver Resolver
+}
+
+// Resolver supplies the zone and subject of records whose type has no zone
+// or subject tag. Either result may be "" to leave it to tags or options.
+type Resolver func(record any) (zone, subject string, err error)
+
+// Option configures a Crypter.
+type Option func(*Crypter)
+
+// WithResolver sets the Resolver consulted for records without zone or
+// subject tags.
+func WithResolver(r Resolver) Option { return func(c *Crypter) { c.resolver = r } }
+
+// New returns a Crypter over the keyring.
+func New(keys Keyring, opts ...Option) *Crypter {
+	c := &Crypter{keys: keys}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// CallOption adjusts one Encrypt or Decrypt call.
+type CallOption interface{ apply(*callOpts) }
+
+type callOpts struct {
+	zone, subject  string
+	allowPlaintext bool
+}
+
+type zoneOpt string
+
+func (z zoneOpt) apply(o *callOpts) { o.zone = string(z) }
+
+type subjectOpt string
+
+func (s subjectOpt) apply(o *callOpts) { o.subject = string(s) }
+
+type plaintextOpt struct{}
+
+func (plaintextOpt) apply(o *callOpts) { o.allowPlaintext = true }
+
+// Zone sets the record's zone for a type without a zone tag.
+func Zone(zone string) CallOption { return zoneOpt(zone) }
+
+// Subject sets the record's subject for a type without a subject tag.
+func Subject(subject string) CallOption { return subjectOpt(subject) }
+
+// AllowPlaintext lets Decrypt leave values that are not encrypted as they
+// are, for reading rows written before encryption was introduced.
+func AllowPlaintext() CallOption { return plaintextOpt{} }
+
+// FieldError reports a failure to encrypt or decrypt one field. It names the
+// field path and the zone, never the value.
+type FieldError struct {
+	Op   string // "encrypt" or "decrypt"
+	Type reflect.Type
+	Path string // field path, with the map key in brackets if any; "" if the failure concerns the whole record
+	Zone string // zone of the record (encrypt) or of the ciphertext's DEK (decrypt), if known
+	Err  error
+}
+
+// Error implements error.
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	b.WriteString("zonekey: ")
+	b.WriteString(e.Op)
+	b.WriteByte(' ')
+	if e.Type != nil {
+		b.WriteString(e.Type.String())
+	}
+	if e.Path != "" {
+		b.WriteByte('.')
+		b.WriteString(e.Path)
+	}
+	if e.Zone != "" {
+		fmt.Fprintf(&b, " (zone %q)", e.Zone)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+// Unwrap returns the cause.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Encrypt seals every tagged field of the struct v points to under the DEK
+// of the record's subject in the record's zone. A value that is already an
+// envelope of this record (under a DEK of the same zone and subject, and
+// authenticating at its field path) is left as it is; an envelope of
+// another record is refused with ErrTampered. Empty strings and empty slices
+// stay empty. On error v is unchanged.
+func (c *Crypter) Encrypt(ctx context.Context, v any, opts ...CallOption) error {
+	return c.run(ctx, v, true, opts)
+}
+
+// Decrypt opens every tagged field of the struct v points to. A value that
+// is not an envelope fails with ErrNotEncrypted unless AllowPlaintext is
+// given. On error v is unchanged.
+func (c *Crypter) Decrypt(ctx context.Context, v any, opts ...CallOption) error {
+	return c.run(ctx, v, false, opts)
+}
+
+// cycleCheckDepth is the nesting depth of pointers, slices and maps after
+// which the walker starts to remember the ones on its way, to refuse a cyclic
+// value instead of recursing forever (encoding/json does the same).
+const cycleCheckDepth = 1000
+
+// walker carries one call's state; pooled so the hot path allocates only
+// the new field values.
+type walker struct {
+	c       *Crypter
+	ctx     context.Context
+	encrypt bool
+	opts    callOpts
+	typ     reflect.Type
+	zone    string
+	subject string
+	dek     *keystore.DEK // encrypt: the record's DEK; decrypt: the last one used
+	writes  []write
+	targets []target // alias check scratch
+	depth   int
+	seen    map[seenKey]struct{} // beyond cycleCheckDepth: pointers on the way
+}
+
+type seenKey struct {
+	p unsafe.Pointer
+	n int
+	t reflect.Type
+}
+
+type writeKind uint8
+
+const (
+	wString writeKind = iota
+	wBytes
+	wMap
+)
+
+// write is one pending assignment, applied only once all have been computed.
+type write struct {
+	kind   writeKind
+	node   *node         // the leaf (wString, wBytes) or map (wMap) node
+	mapKey string        // wString, wBytes: the map key bound with the value
+	target reflect.Value // wString, wBytes: settable; wMap: the map
+	key    reflect.Value // wMap
+	str    string
+	bytes  []byte
+	val    reflect.Value // wMap
+}
+
+// target identifies the storage a write assigns to, for the alias check.
+type target struct {
+	addr uintptr
+	key  string // wMap: the map key
+	i    int    // index in walker.writes
+}
+
+var walkers = sync.Pool{New: func() any { return new(walker) }}
+
+// maxPooledWrites bounds the pending-write buffer a pooled walker keeps.
+const maxPooledWrites = 4096
+
+func (c *Crypter) run(ctx context.Context, v any, encrypt bool, opts []CallOption) (err error) {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
+		return fmt.Errorf("%w: want a non-nil pointer to a struct, got %T", ErrInvalidValue, v)
+	}
+	rv = rv.Elem()
+	p := planFor(rv.Type())
+	if p.err != nil {
+		return p.err
+	}
+	w := walkers.Get().(*walker)
+	defer w.release()
+	w.c, w.ctx, w.encrypt, w.typ = c, ctx, encrypt, rv.Type()
+	for _, o := range opts {
+		o.apply(&w.opts)
+	}
+	if err := w.identify(v, rv, p); err != nil {
+		return err
+	}
+	if encrypt {
+		w.dek, err = c.keys.DataKey(ctx, w.zone, w.subject)
+		if err != nil {
+			return &FieldError{Op: "encrypt", Type: w.typ, Zone: w.zone, Err: err}
+		}
+	}
+	if err := w.visit(rv, p.root, ""); err != nil {
+		return err
+	}
+	if err := w.checkAliases(); err != nil {
+		return err
+	}
+	for i := range w.writes {
+		wr := &w.writes[i]
+		switch wr.kind {
+		case wString:
+			wr.target.SetString(wr.str)
+		case wBytes:
+			wr.target.SetBytes(wr.bytes)
+		case wMap:
+			wr.target.SetMapIndex(wr.key, wr.val)
+		}
+	}
+	return nil
+}
+
+// release resets w and returns it to the pool.
+func (w *walker) release() {
+	writes, targets := w.writes, w.targets
+	clear(writes)
+	clear(targets)
+	if cap(writes) > maxPooledWrites {
+		writes, targets = nil, nil
+	}
+	*w = walker{writes: writes[:0], targets: targets[:0]}
+	walkers.Put(w)
+}
+
+// identify finds the record's zone and subject from tags, options or the
+// resolver.
+func (w *walker) identify(v any, rv reflect.Value, p *plan) error {
+	op := w.op()
+	if p.zoneIdx != nil {
+		w.zone = rv.FieldByIndex(p.zoneIdx).String()
+	}
+	if p.subjectIdx != nil {
+		w.subject = rv.FieldByIndex(p.subjectIdx).String()
+	}
+	if (p.zoneIdx != nil && w.opts.zone != "") || (p.subjectIdx != nil && w.opts.subject != "") {
+		return fmt.Errorf("%w: %s %s: zone or subject given by option for a type that has the tag", ErrInvalidValue, op, w.typ)
+	}
+	if w.opts.zone != "" {
+		w.zone = w.opts.zone
+	}
+	if w.opts.subject != "" {
+		w.subject = w.opts.subject
+	}
+	if w.c.resolver != nil && (p.zoneIdx == nil || p.subjectIdx == nil) {
+		z, s, err := w.c.resolver(v)
+		if err != nil {
+			return fmt.Errorf("%s %s: resolver: %w", op, w.typ, err)
+		}
+		if p.zoneIdx == nil && w.zone == "" {
+			w.zone = z
+		}
+		if p.subjectIdx == nil && w.subject == "" {
+			w.subject = s
+		}
+	}
+	if p.subjectIdx != nil && w.subject == "" {
+		return fmt.Errorf("%w: %s %s: the subject field is empty", ErrInvalidValue, op, w.typ)
+	}
+	if w.encrypt && w.zone == "" {
+		return fmt.Errorf("%w: %s %s: the record has no zone (tag a field `zonekey:\"zone\"`, or pass fieldcrypt.Zone)", ErrInvalidValue, op, w.typ)
+	}
+	return nil
+}
+
+func (w *walker) op() string {
+	if w.encrypt {
+		return "encrypt"
+	}
+	return "decrypt"
+}
+
+// fail wraps err in a *FieldError for the value at n (and mapKey). zone is
+// the zone of the DEK involved, or "" for the record's.
+func (w *walker) fail(n *node, mapKey, zone string, err error) error {
+	path := n.path
+	if mapKey != "" {
+		path = fmt.Sprintf("%s[%q]", n.path, mapKey)
+	}
+	if zone == "" {
+		zone = w.zone
+	}
+	return &FieldError{Op: w.op(), Type: w.typ, Path: path, Zone: zone, Err: err}
+}
+
+// enter notes one more level of pointer, slice or map nesting. Past
+// cycleCheckDepth it remembers the pointer, slice or map v and refuses a
+// value that is its own ancestor. Every successful enter is paired with a
+// leave.
+func (w *walker) enter(v reflect.Value) bool {
+	w.depth++
+	if w.depth <= cycleCheckDepth {
+		return true
+	}
+	k := seenKey{v.UnsafePointer(), 0, v.Type()}
+	if v.Kind() == reflect.Slice {
+		k.n = v.Len()
+	}
+	if _, dup := w.seen[k]; dup {
+		w.depth--
+		return false
+	}
+	if w.seen == nil {
+		w.seen = make(map[seenKey]struct{})
+	}
+	w.seen[k] = struct{}{}
+	return true
+}
+
+func (w *walker) leave(v reflect.Value) {
+	if w.depth > cycleCheckDepth {
+		k := seenKey{v.UnsafePointer(), 0, v.Type()}
+		if v.Kind() == reflect.Slice {
+			k.n = v.Len()
+		}
+		delete(w.seen, k)
+	}
+	w.depth--
+}
+
+var errCyclic = fmt.Errorf("%w: the value is cyclic (it contains itself)", ErrInvalidValue)
+
+// visit walks v along n. mapKey is the key of the innermost map entry on
+// the way, bound into the ciphertexts below it.
+func (w *walker) visit(v reflect.Value, n *node, mapKey string) error {
+	switch n.kind {
+	case kString:
+		return w.leafString(v, n, mapKey)
+	case kBytes:
+		return w.leafBytes(v, n, mapKey)
+	case kPtr:
+		if v.IsNil() {
+			return nil
+		}
+		if !w.enter(v) {
+			return w.fail(n, mapKey, "", errCyclic)
+		}
+		err := w.visit(v.Elem(), n.elem, mapKey)
+		w.leave(v)
+		return err
+	case kStruct:
+		for _, f := range n.fields {
+			if err := w.visit(v.Field(f.index), f.node, mapKey); err != nil {
+				return err
+			}
+		}
+	case kSlice:
+		if v.Kind() == reflect.Array {
+			return w.visitElems(v, n, mapKey)
+		}
+		if v.Len() == 0 {
+			return nil
+		}
+		if !w.enter(v) {
+			return w.fail(n, mapKey, "", errCyclic)
+		}
+		err := w.visitElems(v, n, mapKey)
+		w.leave(v)
+		return err
+	case kMap:
+		if v.Len() == 0 {
+			return nil
+		}
+		if !w.enter(v) {
+			return w.fail(n, mapKey, "", errCyclic)
+		}
+		err := w.visitMap(v, n)
+		w.leave(v)
+		return err
+	}
+	return nil
+}
+
+func (w *walker) visitElems(v reflect.Value, n *node, mapKey string) error {
+	for i := 0; i < v.Len(); i++ {
+		if err := w.visit(v.Index(i), n.elem, mapKey); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *walker) visitMap(v reflect.Value, n *node) error {
+	it := v.MapRange()
+	for it.Next() {
+		key := it.Key()
+		// Map values are not addressable: work on a copy, then put it
+		// back in the commit, after the copy's own writes.
+		cp := reflect.New(n.elem.typ).Elem()
+		cp.Set(it.Value())
+		before := len(w.writes)
+		if err := w.visit(cp, n.elem, key.String()); err != nil {
+			return err
+		}
+		if len(w.writes) > before {
+			w.writes = append(w.writes, write{kind: wMap, node: n, target: v, key: key, val: cp})
+		}
+	}
+	return nil
+}
+
+func (w *walker) binding(n *node, mapKey string) envelope.Binding {
+	return envelope.Binding{Path: n.path, MapKey: mapKey, Subject: w.subject}
+}
+
+func (w *walker) leafString(v reflect.Value, n *node, mapKey string) error {
+	s := v.String()
+	if s == "" {
+		return nil
+	}
+	out, ok, err := leaf(w, s, n, mapKey, (*envelope.Key).SealString, (*envelope.Key).OpenString)
+	if err != nil || !ok {
+		return err
+	}
+	if !v.CanSet() {
+		return w.fail(n, mapKey, "", fmt.Errorf("%w: field is not settable", ErrUnsupportedField))
+	}
+	w.writes = append(w.writes, write{kind: wString, node: n, mapKey: mapKey, target: v, str: out})
+	return nil
+}
+
+func (w *walker) leafBytes(v reflect.Value, n *node, mapKey string) error {
+	b := v.Bytes()
+	if len(b) == 0 {
+		return nil
+	}
+	out, ok, err := leaf(w, b, n, mapKey, (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+	if err != nil || !ok {
+		return err
+	}
+	if !v.CanSet() {
+		return w.fail(n, mapKey, "", fmt.Errorf("%w: field is not settable", ErrUnsupportedField))
+	}
+	w.writes = append(w.writes, write{kind: wBytes, node: n, mapKey: mapKey, target: v, bytes: out})
+	return nil
+}
+
+// minText is the length of the shortest text envelope (an empty plaintext).
+const minText = len(envelope.Prefix) + (envelope.Overhead*4+2)/3
+
+// looksSealed reports whether s is shaped like an envelope: the prefix, a
+// valid header and at least the minimum length. Values that only start with
+// the prefix ("zk1.hello") are data.
+func looksSealed[T string | []byte](s T) (envelope.KeyID, bool) {
+	if len(s) < minText || !envelope.IsText(s) {
+		return envelope.KeyID{}, false
+	}
+	id, err := envelope.TextKeyID(s)
+	return id, err == nil
+}
+
+// leaf computes the new value of one non-empty string or []byte value s at
+// n; ok is false when the value is to stay as it is.
+func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
+	seal, open func(*envelope.Key, T, envelope.Binding) (T, error)) (out T, ok bool, err error) {
+	b := w.binding(n, mapKey)
+	id, sealed := looksSealed(s)
+	if w.encrypt {
+		if sealed {
+			// Already encrypted: leave it, once it proves to be this
+			// record's ciphertext of this field. Never seal a foreign or
+			// damaged ciphertext, nor pass it on.
+			dek, err := w.ownKey(id)
+			if err != nil {
+				return out, false, w.fail(n, mapKey, "", err)
+			}
+			if _, err := open(dek.Key, s, b); err != nil {
+				return out, false, w.fail(n, mapKey, "", err)
+			}
+			return out, false, nil
+		}
+		out, err = seal(w.dek.Key, s, b)
+		if err != nil {
+			return out, false, w.fail(n, mapKey, "", err)
+		}
+		return out, true, nil
+	}
+	if !sealed {
+		switch {
+		case w.opts.allowPlaintext:
+			return out, false, nil
+		case !envelope.IsText(s):
+			return out, false, w.fail(n, mapKey, "", ErrNotEncrypted)
+		}
+		err := fmt.Errorf("%w: truncated envelope", ErrFormat)
+		if _, herr := envelope.TextKeyID(s); herr != nil {
+			err = herr
+		}
+		return out, false, w.fail(n, mapKey, "", err)
+	}
+	dek, err := w.keyFor(id)
+	if err != nil {
+		zone := ""
+		if dek != nil {
+			zone = dek.Zone
+		}
+		return out, false, w.fail(n, mapKey, zone, err)
+	}
+	out, err = open(dek.Key, s, b)
+	if err != nil {
+		return out, false, w.fail(n, mapKey, dek.Zone, err)
+	}
+	return out, true, nil
+}
+
+// keyFor returns the DEK named id for Decrypt, checking that it is the
+// record subject's. When that check fails it returns the DEK with the error.
+func (w *walker) keyFor(id envelope.KeyID) (*keystore.DEK, error) {
+	dek := w.dek
+	if dek == nil || dek.ID() != id {
+		var err error
+		dek, err = w.c.keys.Key(w.ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		w.dek = dek
+	}
+	if dek.Subject != w.subject {
+		return dek, fmt.Errorf("%w: the ciphertext was sealed for another subject", ErrTampered)
+	}
+	return dek, nil
+}
+
+// ownKey returns the DEK named id for Encrypt, which must be a DEK of the
+// record's zone and subject: the current one, or an older generation.
+func (w *walker) ownKey(id envelope.KeyID) (*keystore.DEK, error) {
+	if id == w.dek.ID() {
+		return w.dek, nil
+	}
+	other, err := w.c.keys.Key(w.ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("the value is a ciphertext that cannot be verified: %w", err)
+	}
+	if other.Zone != w.dek.Zone || other.Subject != w.dek.Subject {
+		return nil, fmt.Errorf("%w: the value is already a ciphertext of another zone or subject", ErrTampered)
+	}
+	return other, nil
+}
+
+// checkAliases refuses a value whose pending writes assign twice to the same
+// storage along different bindings: a string or slice reached through two
+// aliased pointers, slices or maps. Its ciphertext can be bound to only one
+// field path, so the other field would never decrypt.
+func (w *walker) checkAliases() error {
+	if len(w.writes) < 2 {
+		return nil
+	}
+	ts := w.targets[:0]
+	for i := range w.writes {
+		wr := &w.writes[i]
+		t := target{i: i}
+		if wr.kind == wMap {
+			t.addr, t.key = uintptr(wr.target.UnsafePointer()), wr.key.String()
+		} else {
+			t.addr = wr.target.UnsafeAddr()
+		}
+		ts = append(ts, t)
+	}
+	w.targets = ts
+	same := func(a, b target) bool { return a.addr == b.addr && a.key == b.key }
+	if len(ts) <= 32 {
+		for i := range ts {
+			for j := i + 1; j < len(ts); j++ {
+				if same(ts[i], ts[j]) {
+					if err := w.aliasError(ts[i].i, ts[j].i); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	}
+	slices.SortFunc(ts, func(a, b target) int {
+		if c := cmp.Compare(a.addr, b.addr); c != 0 {
+			return c
+		}
+		return strings.Compare(a.key, b.key)
+	})
+	for i := 1; i < len(ts); i++ {
+		if same(ts[i-1], ts[i]) {
+			if err := w.aliasError(ts[i-1].i, ts[i].i); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// aliasError reports writes i and j to the same storage, unless both bind
+// the same path and map key (a value shared within a recursive type at one
+// path, which opens at either).
+func (w *walker) aliasError(i, j int) error {
+	a, b := &w.writes[i], &w.writes[j]
+	if a.kind == b.kind && a.node.path == b.node.path && a.mapKey == b.mapKey {
+		return nil
+	}
+	return w.fail(b.node, b.mapKey, "", fmt.Errorf("%w: the value is shared with field %s (aliased pointers, slices or maps cannot be bound to two field paths)", ErrInvalidValue, a.node.path))
+}

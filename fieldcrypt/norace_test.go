@@ -1,0 +1,5 @@
+//go:build !race
+
+package fieldcrypt_test
+
+const raceEnabled = false
