@@ -1,0 +1,222 @@
+package zonekey_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/zonekey/zonekey"
+	"github.com/zonekey/zonekey/envelope"
+	"github.com/zonekey/zonekey/fieldcrypt"
+	"github.com/zonekey/zonekey/keystore"
+	"github.com/zonekey/zonekey/kms"
+)
+
+type account struct {
+	ID     string   `zonekey:"subject"`
+	Region string   `zonekey:"zone"`
+	Email  string   `zonekey:"encrypt"`
+	Phones []string `zonekey:"encrypt"`
+	Plan   string
+}
+
+func newAccount(id, region string) *account {
+	return &account{ID: id, Region: region, Email: id + "@example.com", Phones: []string{"+1 202 555 0100"}, Plan: "pro"}
+}
+
+func open(t *testing.T, dir string) *zonekey.Client {
+	t.Helper()
+	c, err := zonekey.Open(context.Background(), zonekey.Config{Dir: dir, Zones: zonekey.LocalZones(dir, "eu", "us")})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestClientRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c := open(t, dir)
+	a, b := newAccount("a-1", "eu"), newAccount("a-2", "us")
+	require.NoError(t, c.Encrypt(ctx, a))
+	require.NoError(t, c.Encrypt(ctx, b))
+	require.True(t, envelope.IsText(a.Email))
+	require.Equal(t, "pro", a.Plan)
+
+	// The KEK files and the keystore are where the Config says, with
+	// owner-only permissions.
+	for _, name := range []string{"eu.kek", "us.kek", "keystore.db"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		require.NoError(t, err)
+		require.Zero(t, fi.Mode().Perm()&0o077, "%s is mode %v", name, fi.Mode())
+	}
+
+	// Reopened on the same directory, a new Client reads the records.
+	require.NoError(t, c.Close())
+	c2 := open(t, dir)
+	require.NoError(t, c2.Decrypt(ctx, a))
+	require.NoError(t, c2.Decrypt(ctx, b))
+	require.Equal(t, newAccount("a-1", "eu"), a)
+	require.Equal(t, newAccount("a-2", "us"), b)
+}
+
+func TestClientOptions(t *testing.T) {
+	ctx := context.Background()
+	c := open(t, t.TempDir())
+	type note struct {
+		Body string `zonekey:"encrypt"`
+	}
+	n := &note{Body: "hello"}
+	require.ErrorIs(t, c.Encrypt(ctx, n), zonekey.ErrInvalidValue)
+	require.NoError(t, c.Encrypt(ctx, n, zonekey.WithZone("eu"), zonekey.WithSubject("s-1")))
+	require.ErrorIs(t, c.Decrypt(ctx, n, zonekey.WithSubject("s-2")), zonekey.ErrTampered)
+	require.NoError(t, c.Decrypt(ctx, n, zonekey.WithSubject("s-1")))
+	require.Equal(t, "hello", n.Body)
+
+	legacy := newAccount("a-1", "eu")
+	require.ErrorIs(t, c.Decrypt(ctx, legacy), zonekey.ErrNotEncrypted)
+	require.NoError(t, c.Decrypt(ctx, legacy, zonekey.AllowPlaintext()))
+	require.Equal(t, newAccount("a-1", "eu"), legacy)
+}
+
+func TestOpenBadConfig(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.kek")
+	tests := []struct {
+		name string
+		cfg  zonekey.Config
+		want error
+	}{
+		{"no zones", zonekey.Config{Dir: dir}, zonekey.ErrUnknownZone},
+		{"empty Dir", zonekey.Config{Zones: zonekey.LocalZones(dir, "eu")}, zonekey.ErrInvalidValue},
+		{"invalid zone name", zonekey.Config{Dir: dir, Zones: zonekey.LocalZones(dir, "EU")}, zonekey.ErrUnknownZone},
+		{"empty zone name", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"": {KEK: "local://" + missing + "?create=1"}}}, zonekey.ErrUnknownZone},
+		{"unknown KEK scheme", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "nosuchkms://key"}}}, zonekey.ErrKMSConfig},
+		{"empty KEK URL", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {}}}, zonekey.ErrKMSConfig},
+		{"KEK file missing without create=1", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "local://" + missing}}}, zonekey.ErrKMSConfig},
+		{"one good zone, one bad", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{
+			"eu": zonekey.LocalZones(dir, "eu")["eu"],
+			"us": {KEK: "local://" + missing},
+		}}, zonekey.ErrKMSConfig},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := zonekey.Open(ctx, tc.cfg)
+			require.ErrorIs(t, err, tc.want)
+			require.Nil(t, c)
+			_, err = os.Stat(missing)
+			require.ErrorIs(t, err, os.ErrNotExist, "a failed Open must not create the missing KEK file")
+		})
+	}
+	// A Config that fails before opening anything leaves no files.
+	empty := t.TempDir()
+	_, err := zonekey.Open(ctx, zonekey.Config{Zones: zonekey.LocalZones(empty, "eu")})
+	require.ErrorIs(t, err, zonekey.ErrInvalidValue)
+	entries, err := os.ReadDir(empty)
+	require.NoError(t, err)
+	require.Empty(t, entries)
+
+	// A failed Open releases what it opened: the keystore can be opened
+	// again at once.
+	_, err = zonekey.Open(ctx, zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{
+		"eu": zonekey.LocalZones(dir, "eu")["eu"], "us": {KEK: "local://" + missing}}})
+	require.ErrorIs(t, err, zonekey.ErrKMSConfig)
+	open(t, dir)
+}
+
+func TestClosed(t *testing.T) {
+	ctx := context.Background()
+	c := open(t, t.TempDir())
+	a := newAccount("a-1", "eu")
+	require.NoError(t, c.Encrypt(ctx, a))
+	sealed := *a
+	require.NoError(t, c.Close())
+	require.NoError(t, c.Close(), "Close twice")
+
+	b := newAccount("a-2", "eu")
+	require.ErrorIs(t, c.Encrypt(ctx, b), zonekey.ErrClosed)
+	require.Equal(t, newAccount("a-2", "eu"), b)
+	require.ErrorIs(t, c.Decrypt(ctx, a), zonekey.ErrClosed)
+	require.Equal(t, sealed, *a)
+	require.ErrorIs(t, c.Decrypt(ctx, &account{ID: "a-3"}), zonekey.ErrClosed, "even with nothing to decrypt")
+
+	var zero zonekey.Client
+	require.ErrorIs(t, zero.Encrypt(ctx, newAccount("a-1", "eu")), zonekey.ErrClosed)
+	require.NoError(t, zero.Close())
+}
+
+// TestErrorsAreShared: the sentinels of zonekey are the very values the
+// packages beneath return.
+func TestErrorsAreShared(t *testing.T) {
+	pairs := []struct {
+		name      string
+		top, pkgs error
+	}{
+		{"tampered/fieldcrypt", zonekey.ErrTampered, fieldcrypt.ErrTampered},
+		{"tampered/envelope", zonekey.ErrTampered, envelope.ErrTampered},
+		{"tampered/keystore", zonekey.ErrTampered, keystore.ErrTampered},
+		{"tampered/kms", zonekey.ErrTampered, kms.ErrTampered},
+		{"format/fieldcrypt", zonekey.ErrFormat, fieldcrypt.ErrFormat},
+		{"format/envelope", zonekey.ErrFormat, envelope.ErrFormat},
+		{"unsupported", zonekey.ErrUnsupportedField, fieldcrypt.ErrUnsupportedField},
+		{"invalid", zonekey.ErrInvalidValue, fieldcrypt.ErrInvalidValue},
+		{"not encrypted", zonekey.ErrNotEncrypted, fieldcrypt.ErrNotEncrypted},
+		{"unknown key/fieldcrypt", zonekey.ErrUnknownKey, fieldcrypt.ErrUnknownKey},
+		{"unknown key/keystore", zonekey.ErrUnknownKey, keystore.ErrUnknownKey},
+		{"unknown key/envelope", zonekey.ErrUnknownKey, envelope.ErrUnknownKey},
+		{"unknown zone/fieldcrypt", zonekey.ErrUnknownZone, fieldcrypt.ErrUnknownZone},
+		{"unknown zone/keystore", zonekey.ErrUnknownZone, keystore.ErrUnknownZone},
+		{"kms unavailable/fieldcrypt", zonekey.ErrKMSUnavailable, fieldcrypt.ErrKMSUnavailable},
+		{"kms unavailable/keystore", zonekey.ErrKMSUnavailable, keystore.ErrKMSUnavailable},
+		{"kms unavailable/kms", zonekey.ErrKMSUnavailable, kms.ErrUnavailable},
+		{"kms config", zonekey.ErrKMSConfig, kms.ErrConfig},
+		{"denied", zonekey.ErrDenied, kms.ErrDenied},
+		{"closed", zonekey.ErrClosed, keystore.ErrClosed},
+		{"store", zonekey.ErrStore, keystore.ErrStore},
+	}
+	for _, p := range pairs {
+		require.True(t, p.top == p.pkgs, p.name)
+		require.ErrorIs(t, p.pkgs, p.top, p.name)
+	}
+	// And they are distinct from one another.
+	all := []error{zonekey.ErrOutsideCustody, zonekey.ErrAttestation, zonekey.ErrTampered, zonekey.ErrUnknownKey,
+		zonekey.ErrKeyShredded, zonekey.ErrKMSUnavailable, zonekey.ErrUnsupportedField, zonekey.ErrFormat,
+		zonekey.ErrUnknownZone, zonekey.ErrInvalidValue, zonekey.ErrNotEncrypted, zonekey.ErrClosed,
+		zonekey.ErrStore, zonekey.ErrKMSConfig, zonekey.ErrDenied}
+	for i, a := range all {
+		for j, b := range all {
+			require.Equal(t, i == j, a == b, "%v vs %v", a, b)
+		}
+	}
+}
+
+// TestFieldErrorThroughClient: errors from the Client carry the field path
+// and zone, and never the plaintext.
+func TestFieldErrorThroughClient(t *testing.T) {
+	ctx := context.Background()
+	c := open(t, t.TempDir())
+	a, b := newAccount("a-1", "eu"), newAccount("a-2", "eu")
+	require.NoError(t, c.Encrypt(ctx, a))
+	require.NoError(t, c.Encrypt(ctx, b))
+	b.Phones[0] = a.Phones[0]
+	err := c.Decrypt(ctx, b)
+	require.ErrorIs(t, err, zonekey.ErrTampered)
+	var fe *fieldcrypt.FieldError
+	require.ErrorAs(t, err, &fe)
+	require.Equal(t, "Phones[]", fe.Path)
+	require.Equal(t, "eu", fe.Zone)
+	require.NotContains(t, err.Error(), "202 555")
+	require.NotContains(t, err.Error(), "@example.com")
+
+	type bad struct {
+		When int `zonekey:"encrypt"`
+	}
+	err = c.Encrypt(ctx, &bad{}, zonekey.WithZone("eu"))
+	require.ErrorIs(t, err, zonekey.ErrUnsupportedField)
+	var pe *fieldcrypt.PlanError
+	require.ErrorAs(t, err, &pe)
+	require.Equal(t, "When", pe.Path)
+}
