@@ -6,16 +6,15 @@ import (
 	"fmt"
 	"maps"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/zonekey/zonekey/audit"
 	"github.com/zonekey/zonekey/fieldcrypt"
 	"github.com/zonekey/zonekey/internal/errs"
 	"github.com/zonekey/zonekey/keystore"
-	"github.com/zonekey/zonekey/keystore/boltstore"
 	"github.com/zonekey/zonekey/kms"
 	_ "github.com/zonekey/zonekey/kms/localkms" // the local:// custodian
 )
@@ -65,9 +64,20 @@ var (
 	ErrStore = errs.Store
 	// ErrKMSConfig: a custodian URL or its configuration is invalid.
 	ErrKMSConfig = errs.KMSConfig
-	// ErrDenied: the custodian refused the caller's credentials.
+	// ErrDenied: the custodian refused the caller's credentials, for
+	// example because its attested region does not match the custodian's
+	// own policy for the zone.
 	ErrDenied = errs.Denied
+	// ErrAudit: an audit event could not be recorded, so the key operation
+	// it was about was refused (zonekey fails closed).
+	ErrAudit = errs.Audit
+	// ErrInvalidConfig: the configuration is malformed or inconsistent.
+	ErrInvalidConfig = errs.Config
 )
+
+// AnyRegion in a zone's Regions opens the zone to callers from every
+// region, attested or not. Use it for development zones only.
+const AnyRegion = keystore.AnyRegion
 
 // Config configures a Client.
 type Config struct {
@@ -79,8 +89,21 @@ type Config struct {
 	Store keystore.Store
 	// Zones lists the custody zones and their custodians. Required.
 	Zones map[string]ZoneConfig
+	// Attestor proves where this process runs: every key access of a zone
+	// restricted to some regions needs it (see package attest; an
+	// *attest.Attestor binds an evidence source to a verifier).
+	Attestor keystore.Attestor
+	// Audit receives an event for every key unwrap, key creation and
+	// denial. AuditFile adds a hash-chained JSON-lines file (verify it with
+	// `zonekey audit verify`), AuditSlog the default slog logger. If
+	// recording fails, the key operation is refused.
+	Audit     audit.Sink
+	AuditFile string
+	AuditSlog bool
 	// ZoneKeyTTL, DEKTTL and DEKCacheSize tune the keyring's caches; zero
-	// values take the keystore package's defaults.
+	// values take the keystore package's defaults. DEKTTL bounds how long
+	// a running process keeps using a DEK after another process shredded
+	// it.
 	ZoneKeyTTL   time.Duration
 	DEKTTL       time.Duration
 	DEKCacheSize int
@@ -92,17 +115,27 @@ type ZoneConfig struct {
 	// "local:///path/eu.kek" (development; "?create=1" makes the file),
 	// or a URL of a driver registered with package kms.
 	KEK string
+	// Regions lists the attested regions (such as "europe-west1") whose
+	// callers may encrypt and decrypt under the zone. Required: a zone
+	// open to everyone must say so with AnyRegion.
+	Regions []string
 }
 
 // LocalZones returns a Zones map for development: each zone's KEK in a
-// file dir/<zone>.kek, created on first use.
+// file dir/<zone>.kek, created on first use, open to AnyRegion.
 func LocalZones(dir string, zones ...string) map[string]ZoneConfig {
 	out := make(map[string]ZoneConfig, len(zones))
 	for _, z := range zones {
-		u := url.URL{Scheme: "local", Path: filepath.Join(dir, z+".kek"), RawQuery: "create=1"}
-		out[z] = ZoneConfig{KEK: u.String()}
+		out[z] = ZoneConfig{KEK: LocalKEK(filepath.Join(dir, z+".kek")), Regions: []string{AnyRegion}}
 	}
 	return out
+}
+
+// LocalKEK returns the URL of a local KEK file at path, created on first
+// use: for development and tests only.
+func LocalKEK(path string) string {
+	u := url.URL{Scheme: "local", Path: path, RawQuery: "create=1"}
+	return u.String()
 }
 
 // Client encrypts and decrypts records. It is safe for concurrent use.
@@ -113,6 +146,7 @@ type Client struct {
 	ownStore   bool
 	custodians []kms.Custodian
 	closed     atomic.Bool
+	auditFile  *audit.FileSink
 }
 
 // Open opens a Client: the keystore, and a custodian per zone. The
@@ -131,7 +165,18 @@ func Open(ctx context.Context, cfg Config) (_ *Client, err error) {
 		}
 	}
 	if cfg.Store == nil && cfg.Dir == "" {
-		return nil, fmt.Errorf("%w: Config.Dir is empty (or set Config.Store)", ErrInvalidValue)
+		return nil, fmt.Errorf("%w: Config.Dir is empty (or set Config.Store)", ErrInvalidConfig)
+	}
+	policy := &keystore.RegionPolicy{Regions: map[string][]string{}, Attestor: cfg.Attestor}
+	for _, zone := range zones {
+		regions := cfg.Zones[zone].Regions
+		if len(regions) == 0 {
+			return nil, fmt.Errorf("%w: zone %q lists no regions (list the attested regions that may use it, or AnyRegion for a development zone)", ErrInvalidConfig, zone)
+		}
+		policy.Regions[zone] = slices.Clone(regions)
+	}
+	if err := policy.Check(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	// On error, release what was opened. (c is not the named result,
 	// which a failing return sets to nil.)
@@ -152,18 +197,36 @@ func Open(ctx context.Context, cfg Config) (_ *Client, err error) {
 	}
 	c.store = cfg.Store
 	if c.store == nil {
-		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrStore, err)
-		}
-		s, err := boltstore.Open(filepath.Join(cfg.Dir, "keystore.db"), nil)
+		s, err := openShared(cfg.Dir)
 		if err != nil {
 			return nil, err
 		}
 		c.store, c.ownStore = s, true
 	}
+	var sinks []audit.Sink
+	if cfg.Audit != nil {
+		sinks = append(sinks, cfg.Audit)
+	}
+	if cfg.AuditSlog {
+		sinks = append(sinks, audit.NewSlogSink(nil))
+	}
+	if cfg.AuditFile != "" {
+		f, err := audit.OpenFile(cfg.AuditFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrAudit, err)
+		}
+		c.auditFile = f
+		sinks = append(sinks, f)
+	}
+	var sink audit.Sink
+	if len(sinks) > 0 {
+		sink = audit.Multi(sinks...)
+	}
 	c.keyring, err = keystore.New(keystore.Config{
 		Store:        c.store,
 		Custodians:   custodians,
+		Policy:       policy,
+		Audit:        sink,
 		ZoneKeyTTL:   cfg.ZoneKeyTTL,
 		DEKTTL:       cfg.DEKTTL,
 		DEKCacheSize: cfg.DEKCacheSize,
@@ -227,6 +290,9 @@ func (c *Client) Close() error {
 	if c.ownStore && c.store != nil {
 		errList = append(errList, c.store.Close())
 		c.store = nil
+	}
+	if c.auditFile != nil {
+		errList = append(errList, c.auditFile.Close())
 	}
 	return errors.Join(errList...)
 }

@@ -85,21 +85,24 @@ func TestOpenBadConfig(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.kek")
+	anyRegion := []string{zonekey.AnyRegion}
 	tests := []struct {
 		name string
 		cfg  zonekey.Config
 		want error
 	}{
 		{"no zones", zonekey.Config{Dir: dir}, zonekey.ErrUnknownZone},
-		{"empty Dir", zonekey.Config{Zones: zonekey.LocalZones(dir, "eu")}, zonekey.ErrInvalidValue},
+		{"empty Dir", zonekey.Config{Zones: zonekey.LocalZones(dir, "eu")}, zonekey.ErrInvalidConfig},
+		{"zone without regions", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "local://" + missing + "?create=1"}}}, zonekey.ErrInvalidConfig},
+		{"restricted zone without attestation", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "local://" + missing + "?create=1", Regions: []string{"europe-west1"}}}}, zonekey.ErrInvalidConfig},
 		{"invalid zone name", zonekey.Config{Dir: dir, Zones: zonekey.LocalZones(dir, "EU")}, zonekey.ErrUnknownZone},
-		{"empty zone name", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"": {KEK: "local://" + missing + "?create=1"}}}, zonekey.ErrUnknownZone},
-		{"unknown KEK scheme", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "nosuchkms://key"}}}, zonekey.ErrKMSConfig},
-		{"empty KEK URL", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {}}}, zonekey.ErrKMSConfig},
-		{"KEK file missing without create=1", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "local://" + missing}}}, zonekey.ErrKMSConfig},
+		{"empty zone name", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"": {KEK: "local://" + missing + "?create=1", Regions: anyRegion}}}, zonekey.ErrUnknownZone},
+		{"unknown KEK scheme", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "nosuchkms://key", Regions: anyRegion}}}, zonekey.ErrKMSConfig},
+		{"empty KEK URL", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {Regions: anyRegion}}}, zonekey.ErrKMSConfig},
+		{"KEK file missing without create=1", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "local://" + missing, Regions: anyRegion}}}, zonekey.ErrKMSConfig},
 		{"one good zone, one bad", zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{
 			"eu": zonekey.LocalZones(dir, "eu")["eu"],
-			"us": {KEK: "local://" + missing},
+			"us": {KEK: "local://" + missing, Regions: anyRegion},
 		}}, zonekey.ErrKMSConfig},
 	}
 	for _, tc := range tests {
@@ -114,7 +117,7 @@ func TestOpenBadConfig(t *testing.T) {
 	// A Config that fails before opening anything leaves no files.
 	empty := t.TempDir()
 	_, err := zonekey.Open(ctx, zonekey.Config{Zones: zonekey.LocalZones(empty, "eu")})
-	require.ErrorIs(t, err, zonekey.ErrInvalidValue)
+	require.ErrorIs(t, err, zonekey.ErrInvalidConfig)
 	entries, err := os.ReadDir(empty)
 	require.NoError(t, err)
 	require.Empty(t, entries)
@@ -122,7 +125,7 @@ func TestOpenBadConfig(t *testing.T) {
 	// A failed Open releases what it opened: the keystore can be opened
 	// again at once.
 	_, err = zonekey.Open(ctx, zonekey.Config{Dir: dir, Zones: map[string]zonekey.ZoneConfig{
-		"eu": zonekey.LocalZones(dir, "eu")["eu"], "us": {KEK: "local://" + missing}}})
+		"eu": zonekey.LocalZones(dir, "eu")["eu"], "us": {KEK: "local://" + missing, Regions: anyRegion}}})
 	require.ErrorIs(t, err, zonekey.ErrKMSConfig)
 	open(t, dir)
 }

@@ -25,6 +25,15 @@ func TestRunTwice(t *testing.T) {
 	require.NotContains(t, out, "records stored by an earlier run")
 	require.Contains(t, out, "u-1001 (eu): Ada Lovelace <ada@example.eu> phones=[+44 20 7946 0000]")
 	require.Contains(t, out, "(ErrTampered: true)")
+	// The custody part: the allowed and the refused read, and both
+	// decisions in the audit output.
+	custody, _, ok := strings.Cut(out[strings.Index(out, "== custody"):], "== Ada's email")
+	require.True(t, ok, out)
+	require.Contains(t, custody, "europe-west1: allowed: Ada Lovelace <ada@example.eu>")
+	require.Contains(t, custody, "(ErrOutsideCustody: true)")
+	require.Regexp(t, `action=dek.unwrap decision=allow zone=eu subject=u-1001 .* region=europe-west1`, custody)
+	require.Regexp(t, `action=access decision=deny .* zone=eu subject=u-1001 .* region=us-east1`, custody)
+	require.NotContains(t, custody, "action=zonekey.create", "audit lines are shown only for the custody part")
 
 	// What the first run stored holds no plaintext of an encrypted field.
 	data, err := os.ReadFile(filepath.Join(dir, "records.json"))

@@ -29,4 +29,5 @@ var (
 	Denied           = errors.New("zonekey: custodian denied the request")
 	Store            = errors.New("zonekey: keystore storage failure")
 	Audit            = errors.New("zonekey: audit record could not be written")
+	Config           = errors.New("zonekey: invalid configuration")
 )
