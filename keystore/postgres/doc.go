@@ -1,0 +1,105 @@
+// Package postgres is the keystore.Store for services that run several
+// instances: every instance opens the same PostgreSQL schema, and they share
+// one keyring of zone keys and DEKs without ever losing a key.
+//
+// # Configuring
+//
+// Open a store from a connection string and pass it to zonekey.Config.Store
+// (or keystore.Config.Store):
+//
+//	store, err := postgres.Open(ctx, "postgres://zonekey@db.internal:5432/app?sslmode=verify-full")
+//	...
+//	defer store.Close()
+//	c, err := zonekey.Open(ctx, zonekey.Config{Store: store, Zones: zones})
+//
+// The connection string is anything pgxpool.ParseConfig accepts, URL or
+// keyword/value form, pool settings (pool_max_conns, ...) included, plus two
+// parameters of this package, which are taken out before connecting:
+//
+//	zonekey_schema        schema of the tables (default "zonekey")
+//	zonekey_table_prefix  prefix of the table names (default none)
+//
+// [WithSchema] and [WithTablePrefix] set the same and take precedence. Both
+// are lowercase SQL identifiers ([a-z_][a-z0-9_]*). Open sets
+// application_name to "zonekey" unless the connection string names one.
+//
+// [New] uses a pool the caller built and keeps (Close does not close it);
+// pass its config through [ConfigurePool] first.
+//
+// # Schema
+//
+// Two tables, in the store's schema, named with its table prefix:
+//
+//	zone_keys (zone bytea, version int8, id bytea, wrapped bytea, kek_version int8, created timestamptz)
+//	    PRIMARY KEY (zone, version), UNIQUE (id)
+//	deks (id bytea, zone bytea, subject bytea, generation int8, zone_key_version int8, wrapped bytea, created timestamptz)
+//	    PRIMARY KEY (id), UNIQUE (zone, subject, generation)
+//
+// Zones, subjects and zone-key ids are bytea: they are arbitrary byte strings
+// (NUL bytes and invalid UTF-8 included), compared byte for byte, never
+// through a collation. Versions and generations are unsigned 32-bit numbers,
+// kept in int8 with CHECK constraints on their range. Created keeps
+// microseconds. The rows hold only wrapped key material: a copy of the tables
+// opens nothing without the zones' custodians.
+//
+// A zone plus subject, and a zone-key id, are refused (ErrInvalidValue)
+// beyond [MaxKeyBytes], so that every row fits in its unique index.
+//
+// # Migrations
+//
+// The schema is versioned. The migrations are SQL files embedded in this
+// package (migrations/0001_init.sql, ...), applied in order by Open and New in
+// one transaction that first takes pg_advisory_xact_lock on a key derived from
+// the schema name, and recorded in the schema_migrations table (with the same
+// prefix). Instances that start at once therefore wait for each other, and
+// the schema is migrated exactly once; opening an up-to-date schema runs no
+// DDL and needs no privilege beyond reading and inserting rows. A schema at a
+// newer version than this build knows is refused with ErrStore: upgrade every
+// instance before it opens a migrated schema.
+//
+// # Concurrency
+//
+// Every create is one INSERT, committed when it returns nil. Uniqueness is
+// the database's: of two instances creating the first DEK of a subject (or a
+// zone's first key) at once, one INSERT fails on the unique index and is
+// reported as ErrExists, and the keyring then reads the winner's row (see
+// package keystore). A failed create writes nothing, and no row is ever
+// partly written.
+//
+// Errors: ErrUnknownKey for a missing row, ErrExists for a unique violation,
+// ErrInvalidValue for a row the tables cannot hold, ErrClosed after Close, and
+// the context's error when ctx ends first. Anything else (connection refused
+// or lost, server shut down, timeouts of the server) is ErrStore, wrapping the
+// driver's error.
+//
+// A statement whose connection is lost (the server restarted, or the backend
+// was terminated) is retried once on a connection checked with a ping. A
+// create retried this way that finds its key taken by its own row, which the
+// first attempt committed before the connection was lost, succeeds; if the
+// retry fails too the create returns ErrStore, and its row may then exist,
+// complete, which the keyring treats as any other stored key.
+//
+// A call whose context ends is cancelled at the server too (Open and
+// ConfigurePool make the pool send a cancel request rather than only closing
+// the connection), so a create that returns the context's error has not
+// written its row, short of a cancel that reaches the server after the
+// commit. A cancelled call returns within about a second even if the server
+// does not answer.
+//
+// # Several instances: the cache bound
+//
+// The store keeps no cache; the keyring does (package keystore). A change made
+// by one instance — a DEK shredded (its row deleted), a subject's DEK
+// replaced, a zone-key version added — is seen by every other instance no
+// later than the keyring's settings allow:
+//
+//   - keystore.Config.DEKTTL (zonekey.Config.DEKTTL; default 5 minutes)
+//     bounds how long an instance still uses a DEK it has cached after its
+//     row was deleted or replaced in the table;
+//   - keystore.Config.ZoneKeyTTL (zonekey.Config.ZoneKeyTTL; default 10
+//     minutes) bounds how long an instance keeps creating DEKs under a
+//     zone-key version after another instance stored a newer one.
+//
+// Lower them where a shred must take effect sooner, at the cost of more
+// store reads and custodian calls.
+package postgres
