@@ -14,7 +14,7 @@ import (
 // FileConfig is the JSON form of a Config, as LoadConfig reads it:
 //
 //	{
-//	  "dir": "/var/lib/myapp/zonekey",
+//	  "dir": "/var/lib/myapp/zonekey",   (or "store": "postgres://...")
 //	  "zones": {
 //	    "eu": {"kek": "vault://vault.eu.internal:8200/transit/keys/eu-users?auth=jwt&role=eu",
 //	           "regions": ["europe-west1", "europe-west4"]},
@@ -35,7 +35,8 @@ import (
 // Unknown fields are refused, so that a misspelt setting is an error rather
 // than a silently weaker configuration.
 type FileConfig struct {
-	Dir          string                    `json:"dir"`
+	Dir          string                    `json:"dir,omitempty"`
+	Store        string                    `json:"store,omitempty"`
 	Zones        map[string]FileZoneConfig `json:"zones"`
 	Attestation  *FileAttestation          `json:"attestation,omitempty"`
 	Audit        *FileAudit                `json:"audit,omitempty"`
@@ -118,7 +119,7 @@ func ParseConfig(data []byte) (Config, error) {
 // Config converts fc into a Config, building the attestation verifier and
 // source it names.
 func (fc FileConfig) Config() (Config, error) {
-	cfg := Config{Dir: fc.Dir, Zones: map[string]ZoneConfig{}, DEKCacheSize: fc.DEKCacheSize}
+	cfg := Config{Dir: fc.Dir, StoreURL: fc.Store, Zones: map[string]ZoneConfig{}, DEKCacheSize: fc.DEKCacheSize}
 	for name, z := range fc.Zones {
 		cfg.Zones[name] = ZoneConfig{KEK: z.KEK, Regions: z.Regions}
 	}

@@ -194,4 +194,3 @@ func TestParseConfig(t *testing.T) {
 	_, err = zonekey.LoadConfig(filepath.Join(dir, "missing.json"))
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
-

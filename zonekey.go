@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/zonekey/zonekey/fieldcrypt"
 	"github.com/zonekey/zonekey/internal/errs"
 	"github.com/zonekey/zonekey/keystore"
+	"github.com/zonekey/zonekey/keystore/postgres"
 	"github.com/zonekey/zonekey/kms"
 	_ "github.com/zonekey/zonekey/kms/localkms" // the local:// custodian
 )
@@ -87,6 +89,10 @@ type Config struct {
 	// Store replaces the embedded keystore (for example a PostgreSQL
 	// store). The Client does not close it.
 	Store keystore.Store
+	// StoreURL opens a shared keystore instead of the embedded one:
+	// "postgres://user@host/db?zonekey_schema=zonekey" (see package
+	// keystore/postgres). The Client closes it.
+	StoreURL string
 	// Zones lists the custody zones and their custodians. Required.
 	Zones map[string]ZoneConfig
 	// Attestor proves where this process runs: every key access of a zone
@@ -164,8 +170,14 @@ func Open(ctx context.Context, cfg Config) (_ *Client, err error) {
 			return nil, err
 		}
 	}
-	if cfg.Store == nil && cfg.Dir == "" {
-		return nil, fmt.Errorf("%w: Config.Dir is empty (or set Config.Store)", ErrInvalidConfig)
+	if cfg.Store != nil && cfg.StoreURL != "" {
+		return nil, fmt.Errorf("%w: set Config.Store or Config.StoreURL, not both", ErrInvalidConfig)
+	}
+	if cfg.StoreURL != "" && !strings.HasPrefix(cfg.StoreURL, "postgres://") && !strings.HasPrefix(cfg.StoreURL, "postgresql://") {
+		return nil, fmt.Errorf("%w: Config.StoreURL must be a postgres:// URL", ErrInvalidConfig)
+	}
+	if cfg.Store == nil && cfg.StoreURL == "" && cfg.Dir == "" {
+		return nil, fmt.Errorf("%w: Config.Dir is empty (or set Config.Store or Config.StoreURL)", ErrInvalidConfig)
 	}
 	policy := &keystore.RegionPolicy{Regions: map[string][]string{}, Attestor: cfg.Attestor}
 	for _, zone := range zones {
@@ -196,6 +208,13 @@ func Open(ctx context.Context, cfg Config) (_ *Client, err error) {
 		custodians[zone] = cust
 	}
 	c.store = cfg.Store
+	if cfg.StoreURL != "" {
+		s, err := postgres.Open(ctx, cfg.StoreURL)
+		if err != nil {
+			return nil, err
+		}
+		c.store, c.ownStore = s, true
+	}
 	if c.store == nil {
 		s, err := openShared(cfg.Dir)
 		if err != nil {

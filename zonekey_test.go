@@ -2,9 +2,14 @@ package zonekey_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/stretchr/testify/require"
 
@@ -222,4 +227,31 @@ func TestFieldErrorThroughClient(t *testing.T) {
 	var pe *fieldcrypt.PlanError
 	require.ErrorAs(t, err, &pe)
 	require.Equal(t, "When", pe.Path)
+}
+
+func TestOpenPostgresStoreURL(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	schema := fmt.Sprintf("zk_facade_%d", time.Now().UnixNano())
+	url := "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&zonekey_schema=" + schema
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(context.Background(), url[:strings.Index(url, "&zonekey_schema")])
+		if err == nil {
+			conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
+			conn.Close(context.Background())
+		}
+	})
+	cfg := zonekey.Config{StoreURL: url, Zones: zonekey.LocalZones(dir, "eu")}
+	c, err := zonekey.Open(ctx, cfg)
+	require.NoError(t, err)
+	a := newAccount("a-1", "eu")
+	require.NoError(t, c.Encrypt(ctx, a))
+	require.NoError(t, c.Close())
+	c, err = zonekey.Open(ctx, cfg)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.Decrypt(ctx, a), "a second client reads the keyring from PostgreSQL")
+
+	_, err = zonekey.Open(ctx, zonekey.Config{StoreURL: "mysql://x", Zones: zonekey.LocalZones(dir, "eu")})
+	require.ErrorIs(t, err, zonekey.ErrInvalidConfig)
 }
