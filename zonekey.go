@@ -18,7 +18,9 @@ import (
 	"github.com/zonekey/zonekey/keystore"
 	"github.com/zonekey/zonekey/keystore/postgres"
 	"github.com/zonekey/zonekey/kms"
+	_ "github.com/zonekey/zonekey/kms/gcpkms"   // the gcpkms:// custodian
 	_ "github.com/zonekey/zonekey/kms/localkms" // the local:// custodian
+	_ "github.com/zonekey/zonekey/kms/vault"    // the vault:// custodian
 )
 
 // The errors of zonekey. Every error a Client returns that has one of these

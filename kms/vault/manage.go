@@ -1,0 +1,407 @@
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/zonekey/zonekey/internal/errs"
+	"github.com/zonekey/zonekey/kms"
+)
+
+// CreateKey creates the Transit key as this package needs it: type
+// aes256-gcm96, derived=true, exportable=false, no plaintext backup. If the
+// key exists already, Vault leaves it as it is and CreateKey checks it as
+// first use would: a key that is not derived fails with kms.ErrConfig.
+//
+// The token needs the update (or create) capability on
+// MOUNT/keys/KEY.
+func (c *Custodian) CreateKey(ctx context.Context) error {
+	const op = "creating the key"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return c.closedError(op)
+	}
+	return c.withToken(ctx, op, func(tok string) error {
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys"), map[string]any{
+			"type":                   "aes256-gcm96",
+			"derived":                true,
+			"exportable":             false,
+			"allow_plaintext_backup": false,
+		}, retryTransient)
+		if err != nil {
+			return err
+		}
+		clear(resp.body)
+		// Vault answers a create of an existing key with that key's
+		// settings, unchanged: check what is there now.
+		c.checked.Store(false)
+		return c.ensureKey(ctx, tok)
+	})
+}
+
+// Rotate makes a new version of the Transit key, which Wrap uses from now
+// on, and returns its number (Vault's transit/keys/KEY/rotate). It is not
+// retried after a failure that may have reached Vault, so that one call
+// never rotates twice. The token needs update on MOUNT/keys/KEY/rotate.
+func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
+	const op = "rotate"
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if c.closed.Load() {
+		return 0, c.closedError(op)
+	}
+	var v uint32
+	err := c.withToken(ctx, op, func(tok string) error {
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys")+"/rotate", nil, retryUnsent)
+		if err != nil {
+			return err
+		}
+		defer clear(resp.body)
+		s, ok := parseSettings(resp.body)
+		if !ok {
+			// Older Vaults answer 204 without the key's settings.
+			if s, err = c.settings(ctx, tok, op); err != nil {
+				return err
+			}
+		}
+		v = s.LatestVersion
+		return nil
+	})
+	return v, err
+}
+
+// Rewrap re-encrypts w, wrapped for b under any live version of the key,
+// under its latest version, inside Vault (transit/rewrap with b as the
+// context): the zone key never leaves Vault. Errors are those of Unwrap.
+func (c *Custodian) Rewrap(ctx context.Context, w kms.Wrapped, b kms.Binding) (kms.Wrapped, error) {
+	const op = "rewrap"
+	if err := ctx.Err(); err != nil {
+		return kms.Wrapped{}, err
+	}
+	if c.closed.Load() {
+		return kms.Wrapped{}, c.closedError(op)
+	}
+	if err := checkWrapped(w, b); err != nil {
+		return kms.Wrapped{}, fmt.Errorf("%w: vault: rewrap %v: %v", kms.ErrTampered, b, err)
+	}
+	var nw kms.Wrapped
+	err := c.withToken(ctx, op, func(tok string) error {
+		if err := c.ensureKey(ctx, tok); err != nil {
+			return err
+		}
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("rewrap"),
+			transitItem{Ciphertext: string(w.Ciphertext), Context: derivationContext(b)}, retryTransient)
+		if err != nil {
+			return err
+		}
+		defer clear(resp.body)
+		var out struct {
+			Data *transitResult `json:"data"`
+		}
+		if err := json.Unmarshal(resp.body, &out); err != nil || out.Data == nil {
+			return c.badAnswer(op, resp.status)
+		}
+		nw, err = c.wrappedFrom(op, *out.Data)
+		return err
+	})
+	if err != nil {
+		return kms.Wrapped{}, err
+	}
+	return nw, nil
+}
+
+// KEKVersions returns the key's min_decryption_version (the oldest version
+// that still unwraps) and latest_version (the one Wrap uses). The token
+// needs read on MOUNT/keys/KEY.
+func (c *Custodian) KEKVersions(ctx context.Context) (minLive, primary uint32, err error) {
+	const op = "reading the key's versions"
+	if err := ctx.Err(); err != nil {
+		return 0, 0, err
+	}
+	if c.closed.Load() {
+		return 0, 0, c.closedError(op)
+	}
+	err = c.withToken(ctx, op, func(tok string) error {
+		s, err := c.settings(ctx, tok, op)
+		minLive, primary = max(s.MinDecryptionVersion, s.MinAvailableVersion, 1), s.LatestVersion
+		return err
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	return minLive, primary, nil
+}
+
+// settings reads transit/keys/KEY.
+func (c *Custodian) settings(ctx context.Context, tok, op string) (keySettings, error) {
+	resp, err := c.send(ctx, op, tok, http.MethodGet, c.keyPath("keys"), nil, retryTransient)
+	if err != nil {
+		var ve *vaultError
+		if errors.As(err, &ve) && ve.status == http.StatusNotFound {
+			return keySettings{}, c.missingKey(op)
+		}
+		return keySettings{}, err
+	}
+	defer clear(resp.body)
+	s, ok := parseSettings(resp.body)
+	if !ok {
+		return keySettings{}, c.badAnswer(op, resp.status)
+	}
+	return s, nil
+}
+
+// RetireBelow sets the key's min_decryption_version to v, so that keys
+// wrapped under older versions no longer unwrap (kms.ErrUnknownKey). It can
+// be lowered again, down to the oldest version not destroyed. v above the
+// latest version, or 0, fails with errs.InvalidValue. The token needs read
+// on MOUNT/keys/KEY and update on MOUNT/keys/KEY/config.
+func (c *Custodian) RetireBelow(ctx context.Context, v uint32) error {
+	const op = "retiring key versions"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return c.closedError(op)
+	}
+	return c.withToken(ctx, op, func(tok string) error {
+		s, err := c.settings(ctx, tok, op)
+		if err != nil {
+			return err
+		}
+		switch {
+		case v == 0 || v > s.LatestVersion:
+			return fmt.Errorf("%w: vault: %s below %d: the key's versions are 1 to %d", errs.InvalidValue, op, v, s.LatestVersion)
+		case v < s.MinAvailableVersion:
+			return fmt.Errorf("%w: vault: %s below %d: versions below %d are destroyed and cannot be made live again", errs.InvalidValue, op, v, s.MinAvailableVersion)
+		case v == s.MinDecryptionVersion:
+			return nil
+		}
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys")+"/config",
+			map[string]any{"min_decryption_version": v}, retryTransient)
+		if err != nil {
+			return err
+		}
+		clear(resp.body)
+		return nil
+	})
+}
+
+// DestroyBelow destroys the key's versions below v (Vault's trim): first it
+// raises min_decryption_version and min_encryption_version to v where they
+// are lower, as trim requires, then sets min_available_version to v. Keys
+// wrapped under a destroyed version can never be unwrapped again
+// (kms.ErrUnknownKey), by anyone. v above the latest version, or 0, fails
+// with errs.InvalidValue; versions already destroyed are left alone.
+//
+// The token needs read on MOUNT/keys/KEY and update on MOUNT/keys/KEY/config
+// and MOUNT/keys/KEY/trim.
+func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
+	const op = "destroying key versions"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return c.closedError(op)
+	}
+	return c.withToken(ctx, op, func(tok string) error {
+		s, err := c.settings(ctx, tok, op)
+		if err != nil {
+			return err
+		}
+		if v == 0 || v > s.LatestVersion {
+			return fmt.Errorf("%w: vault: %s below %d: the key's versions are 1 to %d", errs.InvalidValue, op, v, s.LatestVersion)
+		}
+		if v <= max(s.MinAvailableVersion, 1) {
+			return nil
+		}
+		settings := map[string]any{}
+		if s.MinDecryptionVersion < v {
+			settings["min_decryption_version"] = v
+		}
+		if s.MinEncryptionVersion < v {
+			settings["min_encryption_version"] = v
+		}
+		if len(settings) > 0 {
+			resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys")+"/config", settings, retryTransient)
+			if err != nil {
+				return err
+			}
+			clear(resp.body)
+		}
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys")+"/trim",
+			map[string]any{"min_available_version": v}, retryTransient)
+		if err != nil {
+			return err
+		}
+		clear(resp.body)
+		return nil
+	})
+}
+
+// WrapRequest is one key to wrap in a WrapBatch.
+type WrapRequest struct {
+	Key     []byte
+	Binding kms.Binding
+}
+
+// WrapResult is the outcome of one WrapRequest: Wrapped, or Err.
+type WrapResult struct {
+	Wrapped kms.Wrapped
+	Err     error
+}
+
+// UnwrapRequest is one wrapped key to unwrap in an UnwrapBatch.
+type UnwrapRequest struct {
+	Wrapped kms.Wrapped
+	Binding kms.Binding
+}
+
+// UnwrapResult is the outcome of one UnwrapRequest: Key, or Err.
+type UnwrapResult struct {
+	Key []byte
+	Err error
+}
+
+// WrapBatch wraps several keys in one request to Vault (batch_input), each
+// under its own binding. It returns one result per request, in order, each
+// with the error of that item alone, classified as Wrap's; the error
+// returned beside is for the batch as a whole (Vault unavailable, the
+// caller denied, the context done), and the results are then nil. At most
+// MaxBatch items.
+func (c *Custodian) WrapBatch(ctx context.Context, reqs []WrapRequest) ([]WrapResult, error) {
+	const op = "wrap batch"
+	if err := c.checkBatch(ctx, op, len(reqs)); err != nil {
+		return nil, err
+	}
+	results := make([]WrapResult, len(reqs))
+	items := make([]transitItem, 0, len(reqs))
+	index := make([]int, 0, len(reqs))
+	for i, r := range reqs {
+		switch {
+		case len(r.Key) == 0 || len(r.Key) > MaxKeySize:
+			results[i].Err = fmt.Errorf("%w: vault: wrap %v: key is %d bytes, want 1 to %d", errs.InvalidValue, r.Binding, len(r.Key), MaxKeySize)
+		case r.Binding.Validate() != nil:
+			results[i].Err = fmt.Errorf("vault: wrap: %w", r.Binding.Validate())
+		default:
+			items = append(items, transitItem{Plaintext: r.Key, Context: derivationContext(r.Binding), Reference: strconv.Itoa(i)})
+			index = append(index, i)
+		}
+	}
+	out, err := c.batch(ctx, op, "encrypt", items)
+	if err != nil {
+		return nil, err
+	}
+	for j, r := range out {
+		i := index[j]
+		if r.Error != "" {
+			results[i].Err = fmt.Errorf("vault: wrap %v: %w", reqs[i].Binding, classifyItem(op, r.Error))
+			continue
+		}
+		results[i].Wrapped, results[i].Err = c.wrappedFrom(op, r)
+	}
+	return results, nil
+}
+
+// UnwrapBatch unwraps several keys in one request to Vault (batch_input),
+// each under its own binding. Results and errors are as for WrapBatch, each
+// item's error classified as Unwrap's. At most MaxBatch items.
+func (c *Custodian) UnwrapBatch(ctx context.Context, reqs []UnwrapRequest) ([]UnwrapResult, error) {
+	const op = "unwrap batch"
+	if err := c.checkBatch(ctx, op, len(reqs)); err != nil {
+		return nil, err
+	}
+	results := make([]UnwrapResult, len(reqs))
+	items := make([]transitItem, 0, len(reqs))
+	index := make([]int, 0, len(reqs))
+	for i, r := range reqs {
+		if err := checkWrapped(r.Wrapped, r.Binding); err != nil {
+			results[i].Err = fmt.Errorf("%w: vault: unwrap %v: %v", kms.ErrTampered, r.Binding, err)
+			continue
+		}
+		items = append(items, transitItem{Ciphertext: string(r.Wrapped.Ciphertext), Context: derivationContext(r.Binding), Reference: strconv.Itoa(i)})
+		index = append(index, i)
+	}
+	out, err := c.batch(ctx, op, "decrypt", items)
+	if err != nil {
+		return nil, err
+	}
+	for j, r := range out {
+		i := index[j]
+		if r.Error != "" {
+			clear(r.Plaintext)
+			results[i].Err = fmt.Errorf("vault: unwrap %v: %w", reqs[i].Binding, classifyItem(op, r.Error))
+			continue
+		}
+		results[i].Key, results[i].Err = plaintextFrom(op, r.Plaintext)
+	}
+	return results, nil
+}
+
+func (c *Custodian) checkBatch(ctx context.Context, op string, n int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return c.closedError(op)
+	}
+	if n > MaxBatch {
+		return fmt.Errorf("%w: vault: %s of %d items, more than the %d allowed", errs.InvalidValue, op, n, MaxBatch)
+	}
+	return nil
+}
+
+// batch sends items to MOUNT/action/KEY as batch_input and returns Vault's
+// results, one per item in order. Vault answers 200 when some items
+// succeed (partial_failure_response_code) and 400 when none does; both carry
+// the per-item errors.
+func (c *Custodian) batch(ctx context.Context, op, action string, items []transitItem) ([]transitResult, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	var results []transitResult
+	err := c.withToken(ctx, op, func(tok string) error {
+		if err := c.ensureKey(ctx, tok); err != nil {
+			return err
+		}
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath(action), map[string]any{
+			"batch_input":                   items,
+			"partial_failure_response_code": http.StatusOK,
+		}, retryTransient)
+		if resp == nil {
+			return err
+		}
+		defer clear(resp.body)
+		var out struct {
+			Data *struct {
+				Results []transitResult `json:"batch_results"`
+			} `json:"data"`
+		}
+		if jerr := json.Unmarshal(resp.body, &out); jerr != nil || out.Data == nil || len(out.Data.Results) != len(items) {
+			if err != nil {
+				return err // a 4xx about the whole batch
+			}
+			return c.badAnswer(op, resp.status)
+		}
+		for j, r := range out.Data.Results {
+			if r.Reference != items[j].Reference {
+				for _, r := range out.Data.Results {
+					clear(r.Plaintext)
+				}
+				return c.badAnswer(op, resp.status)
+			}
+		}
+		results = out.Data.Results
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
