@@ -121,7 +121,7 @@ func ParseConfig(data []byte) (Config, error) {
 func (fc FileConfig) Config() (Config, error) {
 	cfg := Config{Dir: fc.Dir, StoreURL: fc.Store, Zones: map[string]ZoneConfig{}, DEKCacheSize: fc.DEKCacheSize}
 	for name, z := range fc.Zones {
-		cfg.Zones[name] = ZoneConfig{KEK: z.KEK, Regions: z.Regions}
+		cfg.Zones[name] = ZoneConfig(z)
 	}
 	var err error
 	if cfg.ZoneKeyTTL, err = parseDuration("zone_key_ttl", fc.ZoneKeyTTL); err != nil {

@@ -7,6 +7,8 @@
 // in package zonekey.
 package errs
 
+//lint:file-ignore ST1012 errs.X reads as an error already; the packages re-export each as ErrX.
+
 import "errors"
 
 // The sentinels. Their messages are short on purpose: the error that wraps
