@@ -1,6 +1,8 @@
 package attest
 
 import (
+	"github.com/zonekey/zonekey/internal/coarse"
+
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -108,7 +110,7 @@ func NewVerifier(issuers ...IssuerConfig) (*Verifier, error) {
 	}
 	v := &Verifier{
 		issuers: make(map[string]*issuer, len(issuers)),
-		now:     time.Now,
+		now:     coarse.Now, // expiry checks on the hot path cost an atomic load
 		cache:   make(map[[sha256.Size]byte]cacheEntry),
 	}
 	for i, c := range issuers {
