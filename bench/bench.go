@@ -1,0 +1,272 @@
+// Package bench holds zonekey's benchmarks and the fixtures they share with
+// the hot-path guard (command bench/guard).
+//
+// The benchmarks themselves live in this package's test files; run them with
+//
+//	go test -run '^$' -bench . ./bench
+//
+// This file defines the records they encrypt, a Client over the embedded
+// keystore and a local custodian, and the hot-path cases: each a zonekey
+// operation paired with its floor, the same work done with the standard
+// library alone (see Floor). The guard measures exactly these pairs, so a
+// figure in `go test -bench` output and a ratio printed by the guard are
+// always of the same code.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/zonekey/zonekey"
+)
+
+// Zone is the custody zone of every benchmark record.
+const Zone = "eu"
+
+// OneField is the smallest useful record: a subject, a zone and one
+// sensitive string.
+type OneField struct {
+	Subject string `zonekey:"subject"`
+	Zone    string `zonekey:"zone"`
+	Value   string `zonekey:"encrypt"`
+}
+
+// OneFieldPath is the field path of OneField.Value, bound into its
+// ciphertext.
+const OneFieldPath = "Value"
+
+// Record is a realistic record: five sensitive fields of 16 to 200 bytes
+// (RecordFields gives their sizes) and three plain ones.
+type Record struct {
+	ID      string `zonekey:"subject"`
+	Region  string `zonekey:"zone"`
+	Name    string `zonekey:"encrypt"`
+	Email   string `zonekey:"encrypt"`
+	Phone   string `zonekey:"encrypt"`
+	Address string `zonekey:"encrypt"`
+	Notes   []byte `zonekey:"encrypt"`
+	Plan    string
+	Country string
+	Created int64
+}
+
+// setSensitive sets r's sensitive fields to those of from.
+func (r *Record) setSensitive(from *Record) {
+	r.Name, r.Email, r.Phone, r.Address, r.Notes = from.Name, from.Email, from.Phone, from.Address, from.Notes
+}
+
+// FieldSpec is the field path and plaintext size of one sensitive field.
+type FieldSpec struct {
+	Path string
+	Size int
+}
+
+// RecordFields lists Record's sensitive fields and the sizes NewRecord gives
+// them, in field order.
+var RecordFields = []FieldSpec{
+	{"Name", 16},
+	{"Email", 32},
+	{"Phone", 20},
+	{"Address", 96},
+	{"Notes", 200},
+}
+
+// RecordBytes is the plaintext size of Record's sensitive fields.
+func RecordBytes() int {
+	n := 0
+	for _, f := range RecordFields {
+		n += f.Size
+	}
+	return n
+}
+
+// Text returns n bytes of printable text; seed varies the content.
+func Text(n, seed int) string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 .@-+"
+	var b strings.Builder
+	b.Grow(n)
+	for i := range n {
+		b.WriteByte(alphabet[(i*7+seed*13)%len(alphabet)])
+	}
+	return b.String()
+}
+
+// NewRecord returns a plaintext Record of subject with the field sizes of
+// RecordFields.
+func NewRecord(subject string, seed int) Record {
+	return Record{
+		ID:      subject,
+		Region:  Zone,
+		Name:    Text(RecordFields[0].Size, seed),
+		Email:   Text(RecordFields[1].Size, seed+1),
+		Phone:   Text(RecordFields[2].Size, seed+2),
+		Address: Text(RecordFields[3].Size, seed+3),
+		Notes:   []byte(Text(RecordFields[4].Size, seed+4)),
+		Plan:    "pro",
+		Country: "DE",
+		Created: 1735689600,
+	}
+}
+
+// Subject returns the subject id of the i-th benchmark subject.
+func Subject(i int) string { return fmt.Sprintf("user-%06d", i) }
+
+// Open opens a Client on the embedded keystore in dir with a local
+// custodian for Zone, the configuration of the quickstart. dekCacheSize 0
+// keeps the default.
+func Open(ctx context.Context, dir string, dekCacheSize int) (*zonekey.Client, error) {
+	return zonekey.Open(ctx, zonekey.Config{
+		Dir:          dir,
+		Zones:        zonekey.LocalZones(dir, Zone),
+		DEKCacheSize: dekCacheSize,
+	})
+}
+
+// Case is one hot-path operation and its floor, both as benchmark
+// functions. Run and Floor report allocations and bytes (b.SetBytes, the
+// plaintext size); one operation handles Fields fields.
+//
+// Run encrypts or decrypts in place one record allocated before the loop,
+// as an application does with a record it already holds, resetting only
+// its sensitive fields each iteration: a fresh record per iteration would
+// escape to the heap (Encrypt takes an interface) and count the
+// benchmark's own allocation against zonekey, and copying the whole record
+// would add the write barriers of its other fields.
+type Case struct {
+	Name   string
+	Fields int
+	Run    func(b *testing.B)
+	Floor  func(b *testing.B)
+}
+
+// Hot-path case names, in the order HotPath returns them.
+const (
+	CaseFieldEncrypt  = "field-encrypt"
+	CaseFieldDecrypt  = "field-decrypt"
+	CaseStructEncrypt = "struct-encrypt"
+	CaseStructDecrypt = "struct-decrypt"
+)
+
+// FieldSize is the default plaintext size of the single-field hot-path
+// cases: a typical e-mail address, name or phone number is shorter, a
+// postal address about as long.
+const FieldSize = 64
+
+// HotPath returns the hot-path cases over c, with the DEK of their subject
+// cached: one field of fieldSize bytes encrypted and decrypted, and a
+// Record encrypted and decrypted. The struct cases' floor is the field
+// floor over the same five values (RecordFields), one after the other.
+func HotPath(ctx context.Context, c *zonekey.Client, fieldSize int) ([]Case, error) {
+	fe, fd, err := FieldCases(ctx, c, fieldSize)
+	if err != nil {
+		return nil, err
+	}
+	se, sd, err := RecordCases(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return []Case{fe, fd, se, sd}, nil
+}
+
+// FieldCases returns the encrypt and decrypt cases of a OneField record
+// whose value is size bytes, with its DEK cached.
+func FieldCases(ctx context.Context, c *zonekey.Client, size int) (enc, dec Case, err error) {
+	plain := OneField{Subject: Subject(0), Zone: Zone, Value: Text(size, 0)}
+	sealed := plain
+	if err := c.Encrypt(ctx, &sealed); err != nil { // creates and caches the DEK
+		return enc, dec, err
+	}
+	check := sealed
+	if err := c.Decrypt(ctx, &check); err != nil || check.Value != plain.Value {
+		return enc, dec, fmt.Errorf("bench: one-field round trip failed: %v", err)
+	}
+	floor := NewFloor(size, ADSize(OneFieldPath, plain.Subject))
+	enc = Case{
+		Name:   CaseFieldEncrypt,
+		Fields: 1,
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			r := new(OneField)
+			*r = plain
+			for b.Loop() {
+				r.Value = plain.Value
+				if err := c.Encrypt(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: floor.BenchmarkSeal,
+	}
+	dec = Case{
+		Name:   CaseFieldDecrypt,
+		Fields: 1,
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			r := new(OneField)
+			*r = sealed
+			for b.Loop() {
+				r.Value = sealed.Value
+				if err := c.Decrypt(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: floor.BenchmarkOpen,
+	}
+	return enc, dec, nil
+}
+
+// RecordCases returns the encrypt and decrypt cases of a Record, with its
+// DEK cached, and the floor over the same five values.
+func RecordCases(ctx context.Context, c *zonekey.Client) (enc, dec Case, err error) {
+	plain := NewRecord(Subject(0), 0)
+	sealed := plain
+	if err := c.Encrypt(ctx, &sealed); err != nil {
+		return enc, dec, err
+	}
+	check := sealed
+	if err := c.Decrypt(ctx, &check); err != nil || check.Address != plain.Address || string(check.Notes) != string(plain.Notes) {
+		return enc, dec, fmt.Errorf("bench: record round trip failed: %v", err)
+	}
+	floors := NewFloorSet(RecordFields, plain.ID)
+	n := int64(RecordBytes())
+	enc = Case{
+		Name:   CaseStructEncrypt,
+		Fields: len(RecordFields),
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(n)
+			r := new(Record)
+			*r = plain
+			for b.Loop() {
+				r.setSensitive(&plain)
+				if err := c.Encrypt(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: floors.BenchmarkSeal,
+	}
+	dec = Case{
+		Name:   CaseStructDecrypt,
+		Fields: len(RecordFields),
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(n)
+			r := new(Record)
+			*r = sealed
+			for b.Loop() {
+				r.setSensitive(&sealed)
+				if err := c.Decrypt(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: floors.BenchmarkOpen,
+	}
+	return enc, dec, nil
+}

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/zonekey/zonekey/bench"
+)
+
+// rounds makes rounds with the given case/floor time ratios, a 100 ns
+// floor, and allocs allocations per op on both sides.
+func rounds(allocs float64, ratios ...float64) []Round {
+	rs := make([]Round, len(ratios))
+	for i, r := range ratios {
+		rs[i] = Round{NsPerOp: 100 * r, FloorNsPerOp: 100, AllocsPerOp: allocs, FloorAllocsPerOp: allocs}
+	}
+	return rs
+}
+
+func TestJudge(t *testing.T) {
+	budget := Budget{Ratio: 1.2, AllocsPerField: 1}
+	tests := []struct {
+		name     string
+		ms       []Measurement
+		pass     bool
+		failing  []string // cases that must fail
+		reasonIn []string // substrings the reasons must hold
+	}{
+		{
+			name: "passing figures pass",
+			ms: []Measurement{
+				{Case: "field-encrypt", Fields: 1, Rounds: rounds(1, 1.05, 1.10, 1.08)},
+				{Case: "struct-decrypt", Fields: 5, Rounds: rounds(5, 1.01, 0.98, 1.15)},
+			},
+			pass: true,
+		},
+		{
+			name: "exactly at the budget passes",
+			ms:   []Measurement{{Case: "field-decrypt", Fields: 1, Rounds: rounds(1, 1.2, 1.2, 1.2)}},
+			pass: true,
+		},
+		{
+			name: "a ratio of 1.3 fails, naming the case",
+			ms: []Measurement{
+				{Case: "field-encrypt", Fields: 1, Rounds: rounds(1, 1.05, 1.1, 1.0)},
+				{Case: "field-decrypt", Fields: 1, Rounds: rounds(1, 1.3, 1.3, 1.3)},
+			},
+			failing:  []string{"field-decrypt"},
+			reasonIn: []string{"field-decrypt: 1.30× the floor", "1.20× budget"},
+		},
+		{
+			name:     "2 allocations per field fail",
+			ms:       []Measurement{{Case: "struct-encrypt", Fields: 5, Rounds: rounds(10, 1.0, 1.0, 1.0)}},
+			failing:  []string{"struct-encrypt"},
+			reasonIn: []string{"struct-encrypt: 2.00 allocations per field"},
+		},
+		{
+			name:     "2 allocations on a single field fail",
+			ms:       []Measurement{{Case: "field-encrypt", Fields: 1, Rounds: rounds(2, 1.0, 1.0, 1.0)}},
+			failing:  []string{"field-encrypt"},
+			reasonIn: []string{"field-encrypt: 2.00 allocations per field"},
+		},
+		{
+			name: "amortised fractions of an allocation pass",
+			ms:   []Measurement{{Case: "field-encrypt", Fields: 1, Rounds: rounds(1.02, 1.0, 1.0, 1.0)}},
+			pass: true,
+		},
+		{
+			name: "noisy rounds: a few slow ones do not fail a fast case",
+			ms: []Measurement{{Case: "field-encrypt", Fields: 1,
+				Rounds: rounds(1, 1.05, 2.8, 1.10, 1.02, 3.5, 1.08, 1.12, 0.97, 1.9)}},
+			pass: true,
+		},
+		{
+			name: "noisy rounds: a few fast ones do not pass a slow case",
+			ms: []Measurement{{Case: "field-decrypt", Fields: 1,
+				Rounds: rounds(1, 1.45, 0.9, 1.5, 1.38, 1.0, 1.6, 1.41, 1.52, 1.35)}},
+			failing:  []string{"field-decrypt"},
+			reasonIn: []string{"field-decrypt: 1.41× the floor (median of 9 rounds)"},
+		},
+		{
+			name: "invalid rounds are left out",
+			ms: []Measurement{{Case: "field-encrypt", Fields: 1, Rounds: append(rounds(1, 1.1, 1.1),
+				Round{NsPerOp: 500, FloorNsPerOp: 0, AllocsPerOp: 1}, Round{NsPerOp: 0, FloorNsPerOp: 100})}},
+			pass: true,
+		},
+		{
+			name:     "a case without valid rounds fails",
+			ms:       []Measurement{{Case: "struct-decrypt", Fields: 5, Rounds: []Round{{NsPerOp: 0, FloorNsPerOp: 0}}}},
+			failing:  []string{"struct-decrypt"},
+			reasonIn: []string{"struct-decrypt: no valid measurement"},
+		},
+		{
+			name:     "no cases fail",
+			ms:       nil,
+			reasonIn: []string{"no cases were measured"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := Judge(tt.ms, budget)
+			if v.Pass != tt.pass {
+				t.Errorf("Pass = %v, want %v; reasons: %q", v.Pass, tt.pass, v.Reasons)
+			}
+			if tt.pass && len(v.Reasons) > 0 {
+				t.Errorf("passing verdict with reasons %q", v.Reasons)
+			}
+			failed := map[string]bool{}
+			for _, r := range v.Results {
+				if !r.Pass {
+					failed[r.Case] = true
+				}
+				if r.Pass != (len(r.Reasons) == 0) {
+					t.Errorf("case %s: Pass = %v with reasons %q", r.Case, r.Pass, r.Reasons)
+				}
+			}
+			for _, c := range tt.failing {
+				if !failed[c] {
+					t.Errorf("case %s passed, want it to fail", c)
+				}
+			}
+			if len(failed) != len(tt.failing) {
+				t.Errorf("failing cases %v, want %v", failed, tt.failing)
+			}
+			all := strings.Join(v.Reasons, "\n")
+			for _, s := range tt.reasonIn {
+				if !strings.Contains(all, s) {
+					t.Errorf("reasons %q lack %q", v.Reasons, s)
+				}
+			}
+		})
+	}
+}
+
+func TestJudgeFigures(t *testing.T) {
+	m := Measurement{Case: "struct-encrypt", Fields: 5, Rounds: []Round{
+		{NsPerOp: 1100, FloorNsPerOp: 1000, AllocsPerOp: 5, FloorAllocsPerOp: 5},
+		{NsPerOp: 3000, FloorNsPerOp: 1500, AllocsPerOp: 5, FloorAllocsPerOp: 5},
+		{NsPerOp: 1200, FloorNsPerOp: 1100, AllocsPerOp: 5, FloorAllocsPerOp: 5},
+	}}
+	r := Judge([]Measurement{m}, Budget{Ratio: 1.2, AllocsPerField: 1}).Results[0]
+	if want := 1.1; r.Ratio != want {
+		t.Errorf("Ratio = %v, want the median %v", r.Ratio, want)
+	}
+	if r.RatioMin != 1200.0/1100 || r.RatioMax != 2 {
+		t.Errorf("RatioMin, RatioMax = %v, %v, want %v, 2", r.RatioMin, r.RatioMax, 1200.0/1100)
+	}
+	if r.NsPerOp != 1200 || r.FloorNsPerOp != 1100 || r.NsPerField != 240 {
+		t.Errorf("NsPerOp, FloorNsPerOp, NsPerField = %v, %v, %v, want 1200, 1100, 240", r.NsPerOp, r.FloorNsPerOp, r.NsPerField)
+	}
+	if r.AllocsPerField != 1 || r.FloorAllocsPerField != 1 || r.Rounds != 3 {
+		t.Errorf("AllocsPerField, FloorAllocsPerField, Rounds = %v, %v, %v, want 1, 1, 3", r.AllocsPerField, r.FloorAllocsPerField, r.Rounds)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tt := range []struct {
+		in   []float64
+		want float64
+	}{
+		{[]float64{3}, 3},
+		{[]float64{3, 1, 2}, 2},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		in := append([]float64(nil), tt.in...)
+		if got := median(in); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.in, got, tt.want)
+		}
+		for i := range in {
+			if in[i] != tt.in[i] {
+				t.Errorf("median modified its input: %v", in)
+			}
+		}
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	c, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.budget != (Budget{Ratio: 1.2, AllocsPerField: 1}) || c.rounds != 9 || c.size != 64 || c.procs != 1 || !c.confirm || c.json {
+		t.Errorf("defaults: %+v", c)
+	}
+	c, err = parseFlags([]string{"-budget", "1.5", "-allocs", "2", "-rounds", "11", "-json"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.budget != (Budget{Ratio: 1.5, AllocsPerField: 2}) || c.rounds != 11 || !c.json {
+		t.Errorf("parsed: %+v", c)
+	}
+	for _, args := range [][]string{{"-rounds", "0"}, {"-size", "0"}, {"-budget", "0"}, {"-benchtime", "0s"}, {"extra"}} {
+		if _, err := parseFlags(args, io.Discard); err == nil {
+			t.Errorf("parseFlags(%q) succeeded", args)
+		}
+	}
+}
+
+func TestReportOutput(t *testing.T) {
+	v := Judge([]Measurement{
+		{Case: "field-encrypt", Fields: 1, Rounds: rounds(1, 1.1)},
+		{Case: "field-decrypt", Fields: 1, Rounds: rounds(1, 1.3)},
+	}, Budget{Ratio: 1.2, AllocsPerField: 1})
+	rep := &report{Verdict: v, Environment: environment{Go: "go1.x", CPUs: 2, GOMAXPROCS: 1, Rounds: 1, Benchtime: "1ms"}}
+	var text bytes.Buffer
+	printText(&text, rep)
+	for _, s := range []string{"field-encrypt", "1.100", "OVER", "FAIL", "field-decrypt: 1.30× the floor"} {
+		if !strings.Contains(text.String(), s) {
+			t.Errorf("text report lacks %q:\n%s", s, text.String())
+		}
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back struct {
+		Pass    bool `json:"pass"`
+		Results []struct {
+			Case  string  `json:"case"`
+			Ratio float64 `json:"ratio"`
+		} `json:"results"`
+		Environment struct {
+			CPUs int `json:"cpus"`
+		} `json:"environment"`
+	}
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if back.Pass || len(back.Results) != 2 || back.Results[1].Case != "field-decrypt" || back.Results[1].Ratio != 1.3 || back.Environment.CPUs != 2 {
+		t.Errorf("JSON report: %s", b)
+	}
+}
+
+// spin busy-waits for d.
+func spin(d time.Duration) {
+	for start := time.Now(); time.Since(start) < d; {
+	}
+}
+
+// TestGuardRejectsSlowedCase runs the measurement machinery on a case that
+// is the floor plus a busy loop as long as the floor itself, a stand-in for
+// a hot path slowed down twofold, and checks that the guard fails it.
+func TestGuardRejectsSlowedCase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures for a few seconds")
+	}
+	floor := bench.NewFloor(bench.FieldSize, bench.ADSize(bench.OneFieldPath, bench.Subject(0)))
+	restore, err := setBenchtime(50 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := testing.Benchmark(floor.BenchmarkSeal)
+	restore()
+	if per.N == 0 {
+		t.Fatal("the floor benchmark failed")
+	}
+	d := time.Duration(per.NsPerOp())
+	slowed := func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			floor.Seal()
+			spin(d)
+		}
+	}
+	ms, err := measure([]pair{{name: "slowed-encrypt", fields: 1, run: slowed, floor: floor.BenchmarkSeal}},
+		settings{rounds: 5, benchtime: 40 * time.Millisecond, procs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := Judge(ms, Budget{Ratio: 1.2, AllocsPerField: 1})
+	r := v.Results[0]
+	t.Logf("slowed case: ratio %.2f (%.2f–%.2f), %.0f ns/op against %.0f; allocs/field %.2f",
+		r.Ratio, r.RatioMin, r.RatioMax, r.NsPerOp, r.FloorNsPerOp, r.AllocsPerField)
+	if v.Pass || r.Pass {
+		t.Fatalf("the guard passed a case twice as slow as its floor: %+v", r)
+	}
+	if !strings.Contains(strings.Join(v.Reasons, "\n"), "slowed-encrypt: ") {
+		t.Errorf("reasons do not name the case: %q", v.Reasons)
+	}
+	if r.AllocsPerField > 1.05 {
+		t.Errorf("allocs/field = %.2f, want 1 (the floor's output only)", r.AllocsPerField)
+	}
+}
