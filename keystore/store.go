@@ -5,7 +5,15 @@ import (
 	"time"
 
 	"github.com/zonekey/zonekey/envelope"
+	"github.com/zonekey/zonekey/internal/errs"
 )
+
+// ErrConflict is returned by the compare-and-swap updates of a
+// RotationStore when the row no longer holds the values the caller read:
+// another process rewrapped it in the meantime. Nothing was written. The
+// caller re-reads the row and decides again; the keyring's rotations skip a
+// row that is already at the version they were moving it to.
+var ErrConflict = errs.Conflict
 
 // ZoneKeyRow is a stored zone key: one version of a zone's key, wrapped by
 // the zone's KEK at its custodian.
@@ -68,4 +76,47 @@ type Store interface {
 
 	// Close releases the store. Later calls fail with ErrClosed.
 	Close() error
+}
+
+// RotationStore is the part of a Store that key rotation needs: listing a
+// zone's rows and replacing their wraps with a compare-and-swap. The
+// keyring's rotation methods (RotateKEK, RewrapZoneKeys, RetireKEKBelow,
+// RotateZoneKey, ZoneKeyStatus) require the Store to implement it; the
+// keyring's other methods do not. Package boltstore implements it, and
+// keystoretest checks it.
+//
+// The updates change only the wrap of a row (Wrapped and the version that
+// produced it) and never its identity (zone, version, id, subject,
+// generation, creation time), so a row keeps its unique keys. They are
+// atomic compare-and-swaps: in SQL, one UPDATE ... WHERE with the previous
+// values, whose affected-row count tells a conflict from a success.
+//
+// Errors are those of Store, plus ErrConflict.
+type RotationStore interface {
+	// ZoneKeys returns every version of a zone's key, by ascending
+	// version; an empty slice and no error for a zone that has none.
+	ZoneKeys(ctx context.Context, zone string) ([]ZoneKeyRow, error)
+	// UpdateZoneKeyWrap sets the Wrapped and KEKVersion of the zone's key
+	// version to wrapped and kekVersion if its stored Wrapped equals prev;
+	// otherwise it fails with ErrConflict. A missing row is
+	// ErrUnknownKey; version or kekVersion 0, or an empty wrapped, is
+	// ErrInvalidValue.
+	UpdateZoneKeyWrap(ctx context.Context, zone string, version uint32, prev []byte, wrapped []byte, kekVersion uint32) error
+
+	// ScanDEKs returns the DEKs of a zone, limit at most, in an order that
+	// is stable for the life of the rows: a scan that runs while rows are
+	// updated sees each row of the zone that existed when it started
+	// exactly once (rows created during the scan may or may not appear),
+	// and no row of another zone. cursor is "" for the first page and then
+	// the next of the page before; next is "" after the last page. Only
+	// next == "" means the scan is done: a page may hold fewer than limit
+	// rows before the end. cursor is opaque to the caller; limit ≤ 0, or a
+	// cursor the store cannot have returned, is ErrInvalidValue.
+	ScanDEKs(ctx context.Context, zone string, cursor string, limit int) (rows []DEKRow, next string, err error)
+	// UpdateDEKWrap sets the Wrapped and ZoneKeyVersion of the DEK id to
+	// wrapped and zoneKeyVersion if its stored ZoneKeyVersion equals
+	// prevZoneKeyVersion and its Wrapped equals prevWrapped; otherwise it
+	// fails with ErrConflict. A missing row is ErrUnknownKey;
+	// zoneKeyVersion 0, or an empty wrapped, is ErrInvalidValue.
+	UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKeyVersion uint32, prevWrapped []byte, wrapped []byte, zoneKeyVersion uint32) error
 }

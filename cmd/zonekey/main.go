@@ -8,8 +8,17 @@
 //
 // The commands:
 //
-//	audit verify FILE   check the hash chain of an audit file
-//	audit repair FILE   remove a torn last line left by an interrupted write
+//	rotate --zone Z                        rotate the zone's KEK, rewrap its zone keys
+//	rotate --zone Z --rewrap-only          finish an interrupted KEK rotation
+//	rotate --zone Z --retire-below N       retire KEK versions below N
+//	rotate --zone Z --zone-key [--batch N] make a new zone-key version, rewrap the DEKs
+//	keys list [--zone Z]                   list zone-key versions and their DEKs
+//	audit verify FILE                      check the hash chain of an audit file
+//	audit repair FILE                      remove a torn last line left by an interrupted write
+//
+// The key commands read the configuration file that applications load with
+// zonekey.LoadConfig (--config FILE, default $ZONEKEY_CONFIG) and run under
+// its custody policy: this process must be attested in the zone.
 //
 // Every command prints its result as one JSON object with --json. The exit
 // status is 0 on success, 1 when the command fails or finds a problem (a
@@ -37,8 +46,8 @@ const (
 	exitUsage = 2
 )
 
-// A command is one subcommand of the CLI: "audit verify", later "rotate",
-// "shred", "migrate", "epoch", "keys list".
+// A command is one subcommand of the CLI: "rotate", "keys list", "audit
+// verify", later "shred", "migrate", "epoch".
 type command struct {
 	name    string // the words that select it, e.g. "audit verify"
 	args    string // synopsis of its arguments, e.g. "[--json] FILE"
@@ -52,6 +61,8 @@ type command struct {
 // commands is the table the dispatcher selects from, in the order listed by
 // "zonekey help".
 var commands = []*command{
+	rotateCmd,
+	keysListCmd,
 	auditVerifyCmd,
 	auditRepairCmd,
 }
@@ -161,7 +172,8 @@ func usage(w io.Writer) {
 		fmt.Fprintf(tw, "\t%s %s\t%s\n", c.name, c.args, c.summary)
 	}
 	tw.Flush()
-	fmt.Fprint(w, "\nEvery command prints its result as JSON with --json.\n"+
+	fmt.Fprint(w, "\nEvery command prints its result as JSON with --json. The key commands\n"+
+		"(rotate, keys) read the configuration --config FILE, default $"+configEnv+".\n"+
 		"Exit status: 0 success, 1 failure or problem found, 2 bad usage.\n")
 }
 

@@ -27,6 +27,7 @@ var (
 	NotEncrypted     = errors.New("zonekey: value is not encrypted")
 	Closed           = errors.New("zonekey: closed")
 	Exists           = errors.New("zonekey: key already exists")
+	Conflict         = errors.New("zonekey: key row changed concurrently")
 	KMSConfig        = errors.New("zonekey: invalid custodian configuration")
 	Denied           = errors.New("zonekey: custodian denied the request")
 	Store            = errors.New("zonekey: keystore storage failure")

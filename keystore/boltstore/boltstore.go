@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,7 +54,10 @@ type Store struct {
 	closed atomic.Bool
 }
 
-var _ keystore.Store = (*Store)(nil)
+var (
+	_ keystore.Store         = (*Store)(nil)
+	_ keystore.RotationStore = (*Store)(nil)
+)
 
 // Open opens or creates the keystore file at path (mode 0600, its directory
 // 0700 if created).
@@ -136,7 +140,7 @@ func (s *Store) wrapErr(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, keystore.ErrUnknownKey), errors.Is(err, keystore.ErrExists), errors.Is(err, keystore.ErrTampered),
-		errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrInvalidValue):
+		errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrInvalidValue), errors.Is(err, keystore.ErrConflict):
 		return err
 	case errors.Is(err, bolterrors.ErrDatabaseNotOpen):
 		return keystore.ErrClosed
@@ -436,4 +440,165 @@ func (s *Store) LatestDEK(ctx context.Context, zone, subject string) (keystore.D
 		return nil
 	})
 	return row, err
+}
+
+// ZoneKeys implements keystore.RotationStore.
+func (s *Store) ZoneKeys(ctx context.Context, zone string) ([]keystore.ZoneKeyRow, error) {
+	if err := checkName("zone", zone); err != nil {
+		return nil, err
+	}
+	rows := []keystore.ZoneKeyRow{}
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		prefix := appendLP(nil, zone)
+		c := tx.Bucket(bucketZoneKeys).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if len(k) != len(prefix)+4 {
+				return fmt.Errorf("%w: corrupt zone-key index: key of %d bytes under zone %q", keystore.ErrStore, len(k), zone)
+			}
+			row, err := decodeZoneKey(v)
+			if err != nil {
+				return err
+			}
+			if version := binary.BigEndian.Uint32(k[len(prefix):]); row.Zone != zone || row.Version != version {
+				return fmt.Errorf("%w: corrupt zone-key row: stored under zone %q v%d, holds zone %q v%d", keystore.ErrStore, zone, version, row.Zone, row.Version)
+			}
+			rows = append(rows, row)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rows, nil
+}
+
+// UpdateZoneKeyWrap implements keystore.RotationStore.
+func (s *Store) UpdateZoneKeyWrap(ctx context.Context, zone string, version uint32, prev []byte, wrapped []byte, kekVersion uint32) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if version == 0 || kekVersion == 0 || len(wrapped) == 0 {
+		return fmt.Errorf("%w: boltstore: a zone-key rewrap needs a version, a KEK version and a wrapped key", keystore.ErrInvalidValue)
+	}
+	if err := checkName("zone", zone); err != nil {
+		return err
+	}
+	k := zoneKeyKey(zone, version)
+	return s.update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketZoneKeys)
+		v := b.Get(k)
+		if v == nil {
+			return fmt.Errorf("%w: zone %q has no key v%d", keystore.ErrUnknownKey, zone, version)
+		}
+		row, err := decodeZoneKey(v)
+		if err != nil {
+			return err
+		}
+		if row.Zone != zone || row.Version != version {
+			return fmt.Errorf("%w: corrupt zone-key row: stored under zone %q v%d, holds zone %q v%d", keystore.ErrStore, zone, version, row.Zone, row.Version)
+		}
+		if !bytes.Equal(row.Wrapped, prev) {
+			return fmt.Errorf("%w: zone %q key v%d was rewrapped by another process", keystore.ErrConflict, zone, version)
+		}
+		row.Wrapped, row.KEKVersion = wrapped, kekVersion
+		nv, err := encodeZoneKey(row)
+		if err != nil {
+			return err
+		}
+		return b.Put(k, nv)
+	})
+}
+
+// ScanDEKs implements keystore.RotationStore. It walks the subject index of
+// the zone, which rewraps do not change; the cursor is the hex of the last
+// index key returned.
+func (s *Store) ScanDEKs(ctx context.Context, zone string, cursor string, limit int) ([]keystore.DEKRow, string, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, "", err
+	}
+	if limit <= 0 {
+		return nil, "", fmt.Errorf("%w: boltstore: scan limit %d, want at least 1", keystore.ErrInvalidValue, limit)
+	}
+	if err := checkName("zone", zone); err != nil {
+		return nil, "", err
+	}
+	prefix := appendLP(nil, zone)
+	var after []byte
+	if cursor != "" {
+		var err error
+		after, err = hex.DecodeString(cursor)
+		if err != nil || len(after) <= len(prefix) || !bytes.HasPrefix(after, prefix) {
+			return nil, "", fmt.Errorf("%w: boltstore: %q is not a scan cursor of zone %q", keystore.ErrInvalidValue, cursor, zone)
+		}
+	}
+	var rows []keystore.DEKRow
+	var next string
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		c, deks := tx.Bucket(bucketSubjects).Cursor(), tx.Bucket(bucketDEKs)
+		k, id := c.Seek(prefix)
+		if after != nil {
+			k, id = c.Seek(after)
+			if bytes.Equal(k, after) {
+				k, id = c.Next()
+			}
+		}
+		var last []byte
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, id = c.Next() {
+			if len(rows) == limit {
+				next = hex.EncodeToString(last)
+				return nil
+			}
+			v := deks.Get(id)
+			if v == nil {
+				return fmt.Errorf("%w: subject index of zone %q names a missing DEK", keystore.ErrStore, zone)
+			}
+			row, err := decodeDEK(v)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(row.ID[:], id) || row.Zone != zone {
+				return fmt.Errorf("%w: corrupt subject index: an entry of zone %q names DEK %s of zone %q", keystore.ErrStore, zone, row.ID, row.Zone)
+			}
+			rows = append(rows, row)
+			last = k
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return rows, next, nil
+}
+
+// UpdateDEKWrap implements keystore.RotationStore.
+func (s *Store) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKeyVersion uint32, prevWrapped []byte, wrapped []byte, zoneKeyVersion uint32) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if zoneKeyVersion == 0 || len(wrapped) == 0 {
+		return fmt.Errorf("%w: boltstore: a DEK rewrap needs a zone-key version and a wrapped key", keystore.ErrInvalidValue)
+	}
+	return s.update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDEKs)
+		v := b.Get(id[:])
+		if v == nil {
+			return fmt.Errorf("%w: DEK %s", keystore.ErrUnknownKey, id)
+		}
+		row, err := decodeDEK(v)
+		if err != nil {
+			return err
+		}
+		if row.ID != id {
+			return fmt.Errorf("%w: corrupt DEK row: stored under id %s, holds DEK %s", keystore.ErrStore, id, row.ID)
+		}
+		if row.ZoneKeyVersion != prevZoneKeyVersion || !bytes.Equal(row.Wrapped, prevWrapped) {
+			return fmt.Errorf("%w: DEK %s was rewrapped by another process", keystore.ErrConflict, id)
+		}
+		row.Wrapped, row.ZoneKeyVersion = wrapped, zoneKeyVersion
+		nv, err := encodeDEK(row)
+		if err != nil {
+			return err
+		}
+		return b.Put(id[:], nv)
+	})
 }

@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -273,4 +274,87 @@ func TestInvalidRows(t *testing.T) {
 	require.NoError(t, err)
 	err = s.CreateZoneKey(ctx, keystore.ZoneKeyRow{Zone: "eu", Version: 1, ID: ""})
 	require.ErrorIs(t, err, keystore.ErrInvalidValue, "empty zone key id")
+}
+
+func TestScanCursor(t *testing.T) {
+	ctx := t.Context()
+	s := openTemp(t)
+	for _, zone := range []string{"eu", "eu2"} {
+		for _, subject := range []string{"alice", "bob"} {
+			require.NoError(t, s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: zone, Subject: subject, Generation: 1, ZoneKeyVersion: 1, Wrapped: []byte{1}}))
+		}
+	}
+	_, euNext, err := s.ScanDEKs(ctx, "eu", "", 1)
+	require.NoError(t, err)
+	require.NotEmpty(t, euNext)
+	_, eu2Next, err := s.ScanDEKs(ctx, "eu2", "", 1)
+	require.NoError(t, err)
+	for name, cursor := range map[string]string{
+		"not hex":           "zz",
+		"odd length":        euNext[1:],
+		"prefix only":       hex.EncodeToString(appendLP(nil, "eu")),
+		"of another zone":   eu2Next,
+		"of a shorter zone": hex.EncodeToString(appendLP(nil, "e")) + "00",
+	} {
+		_, _, err := s.ScanDEKs(ctx, "eu", cursor, 10)
+		require.ErrorIs(t, err, keystore.ErrInvalidValue, "cursor %s", name)
+	}
+	rows, next, err := s.ScanDEKs(ctx, "eu", euNext, 10)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Empty(t, next)
+
+	long := strings.Repeat("x", maxName+1)
+	_, _, err = s.ScanDEKs(ctx, long, "", 10)
+	require.ErrorIs(t, err, keystore.ErrInvalidValue)
+	_, err = s.ZoneKeys(ctx, long)
+	require.ErrorIs(t, err, keystore.ErrInvalidValue)
+	require.ErrorIs(t, s.UpdateZoneKeyWrap(ctx, long, 1, nil, []byte{1}, 1), keystore.ErrInvalidValue)
+}
+
+func TestRotationCorruptRows(t *testing.T) {
+	ctx := t.Context()
+	zk := keystore.ZoneKeyRow{Zone: "eu", Version: 1, ID: "zk1", Wrapped: []byte{1, 2, 3}, KEKVersion: 1, Created: time.Now().UTC()}
+	alice := keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: "alice", Generation: 1, ZoneKeyVersion: 1, Wrapped: []byte{4, 5, 6}}
+	other, _ := encodeDEK(keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "us", Subject: "alice", Generation: 1})
+	otherZK, _ := encodeZoneKey(keystore.ZoneKeyRow{Zone: "us", Version: 1, ID: "zk2"})
+	for _, tc := range []struct {
+		name    string
+		corrupt func(tx *bolt.Tx) error
+		call    func(s *Store) error
+	}{
+		{"ScanMissingDEK", func(tx *bolt.Tx) error { return tx.Bucket(bucketDEKs).Delete(alice.ID[:]) }, scan},
+		{"ScanGarbage", putDEK(alice.ID, []byte("{")), scan},
+		{"ScanDEKOfOtherZone", putDEK(alice.ID, other), scan},
+		{"UpdateDEKGarbage", putDEK(alice.ID, []byte("{")), func(s *Store) error {
+			return s.UpdateDEKWrap(ctx, alice.ID, 1, alice.Wrapped, []byte{7}, 2)
+		}},
+		{"UpdateDEKOfOtherID", putDEK(alice.ID, other), func(s *Store) error {
+			return s.UpdateDEKWrap(ctx, alice.ID, 1, alice.Wrapped, []byte{7}, 2)
+		}},
+		{"ZoneKeysGarbage", putZoneKey([]byte("\xff")), func(s *Store) error { _, err := s.ZoneKeys(ctx, "eu"); return err }},
+		{"ZoneKeysOfOtherZone", putZoneKey(otherZK), func(s *Store) error { _, err := s.ZoneKeys(ctx, "eu"); return err }},
+		{"UpdateZoneKeyOfOtherZone", putZoneKey(otherZK), func(s *Store) error {
+			return s.UpdateZoneKeyWrap(ctx, "eu", 1, zk.Wrapped, []byte{7}, 2)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openTemp(t)
+			require.NoError(t, s.CreateZoneKey(ctx, zk))
+			require.NoError(t, s.CreateDEK(ctx, alice))
+			require.NoError(t, s.Close())
+			rawUpdate(t, s.Path(), tc.corrupt)
+			s, err := Open(s.Path(), nil)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = s.Close() })
+			var callErr error
+			require.NotPanics(t, func() { callErr = tc.call(s) })
+			require.ErrorIs(t, callErr, keystore.ErrStore)
+		})
+	}
+}
+
+func scan(s *Store) error {
+	_, _, err := s.ScanDEKs(context.Background(), "eu", "", 10)
+	return err
 }

@@ -34,6 +34,22 @@
 //     store: changing them afterwards changes nothing stored.
 //   - Rows persist across closing and reopening the store.
 //
+// The Rotation subtests check [keystore.RotationStore], which the keyring's
+// rotations need and every store must implement:
+//
+//   - ZoneKeys lists exactly the zone's versions, ascending as unsigned
+//     numbers, and nothing (no error) for a zone without keys.
+//   - UpdateZoneKeyWrap and UpdateDEKWrap are compare-and-swaps: they change
+//     only the wrap (Wrapped and its version) and only if the row still holds
+//     the previous values; otherwise [keystore.ErrConflict] and the row is
+//     unchanged. Of 16 concurrent updates from the same previous values
+//     exactly one succeeds. A missing row is ErrUnknownKey (nothing is
+//     created), and an update keeps the row's unique keys.
+//   - ScanDEKs pages cover every DEK of the zone exactly once and none of
+//     another zone, whatever the limit, also while the rows are updated
+//     during the scan; limit ≤ 0 is [keystore.ErrInvalidValue]. A store may
+//     end with an empty page, but a page never holds more than limit rows.
+//
 // Subtests run one after another; each asks the harness for a fresh store.
 package keystoretest
 
@@ -96,6 +112,15 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"CancelledContext", testCancelled},
 		{"Closed", testClosed},
 		{"Reopen", testReopen},
+		{"Rotation/ZoneKeys", testZoneKeys},
+		{"Rotation/UpdateZoneKeyWrap", testUpdateZoneKeyWrap},
+		{"Rotation/UpdateDEKWrap", testUpdateDEKWrap},
+		{"Rotation/ConcurrentUpdates", testConcurrentUpdates},
+		{"Rotation/ScanDEKs", testScanDEKs},
+		{"Rotation/ScanWhileUpdating", testScanWhileUpdating},
+		{"Rotation/ScanLimit", testScanLimit},
+		{"Rotation/CancelledContext", testRotationCancelled},
+		{"Rotation/Closed", testRotationClosed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, h) })
@@ -819,6 +844,13 @@ func race(f func(i int) error) []error {
 // ErrExists, and returns the winner's index.
 func oneWinner(t *testing.T, errs []error, what string) int {
 	t.Helper()
+	return oneWinnerOf(t, errs, keystore.ErrExists, what)
+}
+
+// oneWinnerOf checks that exactly one of errs is nil and the others report
+// loser, and returns the winner's index.
+func oneWinnerOf(t *testing.T, errs []error, loser error, what string) int {
+	t.Helper()
 	winner := -1
 	for i, err := range errs {
 		if err == nil {
@@ -826,7 +858,7 @@ func oneWinner(t *testing.T, errs []error, what string) int {
 			winner = i
 			continue
 		}
-		require.ErrorIs(t, err, keystore.ErrExists, "%s: create %d lost the race with another error", what, i)
+		require.ErrorIs(t, err, loser, "%s: call %d lost the race with another error", what, i)
 	}
 	require.NotEqual(t, -1, winner, "%s: no create succeeded", what)
 	return winner
@@ -1034,4 +1066,455 @@ func testReopen(t *testing.T, h Harness) {
 	got, err := s.LatestDEK(t.Context(), "eu", "alice")
 	require.NoError(t, err)
 	require.Equal(t, uint32(3), got.Generation, "latest after a second reopening")
+}
+
+// rotationStore returns s as a keystore.RotationStore, failing t if it is
+// not one.
+func rotationStore(t *testing.T, s keystore.Store) keystore.RotationStore {
+	t.Helper()
+	rs, ok := s.(keystore.RotationStore)
+	require.True(t, ok, "%T does not implement keystore.RotationStore (ZoneKeys, UpdateZoneKeyWrap, ScanDEKs, UpdateDEKWrap), which the keyring's rotations need", s)
+	return rs
+}
+
+func requireZoneKeys(t *testing.T, rs keystore.RotationStore, zone string, want []keystore.ZoneKeyRow, msg string) {
+	t.Helper()
+	got, err := rs.ZoneKeys(t.Context(), zone)
+	require.NoError(t, err, "%s: ZoneKeys(%q)", msg, zone)
+	require.Len(t, got, len(want), "%s: ZoneKeys(%q)", msg, zone)
+	for i := range want {
+		requireZoneKey(t, want[i], got[i], "%s: ZoneKeys(%q)[%d]", msg, zone, i)
+	}
+}
+
+func testZoneKeys(t *testing.T, h Harness) {
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	requireZoneKeys(t, rs, "eu", nil, "empty store")
+
+	// Zones that are prefixes of each other; versions created out of
+	// order, around byte and sign boundaries.
+	byZone := map[string][]uint32{
+		"eu":      {2, 1, 256, 255, 1 << 31, 1<<31 - 1, math.MaxUint32, 10, 9},
+		"eu2":     {5},
+		"e":       {300, 9},
+		"eu-west": {1},
+		"eu_":     {7, 3},
+	}
+	rows := map[string][]keystore.ZoneKeyRow{}
+	for zone, versions := range byZone {
+		for _, v := range versions {
+			row := zoneKey(t, zone, v)
+			createZoneKey(t, s, row)
+			rows[zone] = append(rows[zone], row)
+		}
+	}
+	for zone, zr := range rows {
+		slices.SortFunc(zr, func(a, b keystore.ZoneKeyRow) int {
+			switch {
+			case a.Version < b.Version:
+				return -1
+			case a.Version > b.Version:
+				return 1
+			}
+			return 0
+		})
+		requireZoneKeys(t, rs, zone, zr, "ascending versions")
+	}
+	for _, zone := range []string{"u", "eu3", "", "eu\x00", "EU"} {
+		requireZoneKeys(t, rs, zone, nil, "zone without keys")
+	}
+	s = reopen(t, h, s)
+	requireZoneKeys(t, rotationStore(t, s), "e", rows["e"], "after reopening")
+}
+
+func testUpdateZoneKeyWrap(t *testing.T, h Harness) {
+	ctx := t.Context()
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	v1, v2, other := zoneKey(t, "eu", 1), zoneKey(t, "eu", 2), zoneKey(t, "eu2", 1)
+	for _, row := range []keystore.ZoneKeyRow{v1, v2, other} {
+		createZoneKey(t, s, row)
+	}
+	requireUnchanged := func(msg string, rows ...keystore.ZoneKeyRow) {
+		t.Helper()
+		for _, want := range rows {
+			got, err := s.ZoneKey(ctx, want.Zone, want.Version)
+			require.NoError(t, err, msg)
+			requireZoneKey(t, want, got, "%s: zone %q v%d", msg, want.Zone, want.Version)
+		}
+	}
+
+	// A rewrap changes Wrapped and KEKVersion only.
+	wrapped := randomBytes(t, 77)
+	require.NoError(t, rs.UpdateZoneKeyWrap(ctx, "eu", 1, bytes.Clone(v1.Wrapped), bytes.Clone(wrapped), 9))
+	want := v1
+	want.Wrapped, want.KEKVersion = wrapped, 9
+	requireUnchanged("after the update", want, v2, other)
+	latest, err := s.ZoneKey(ctx, "eu", 0)
+	require.NoError(t, err)
+	requireZoneKey(t, v2, latest, "latest after the update")
+	requireZoneKeys(t, rs, "eu", []keystore.ZoneKeyRow{want, v2}, "after the update")
+
+	// Conflicts change nothing.
+	for name, prev := range map[string][]byte{
+		"stale":     v1.Wrapped,
+		"prefix":    wrapped[:len(wrapped)-1],
+		"longer":    append(bytes.Clone(wrapped), 0),
+		"nil":       nil,
+		"other row": v2.Wrapped,
+	} {
+		err := rs.UpdateZoneKeyWrap(ctx, "eu", 1, prev, randomBytes(t, 77), 10)
+		require.ErrorIs(t, err, keystore.ErrConflict, "update with a %s previous value", name)
+		requireUnchanged("after a conflict ("+name+")", want, v2, other)
+	}
+
+	// Missing rows are not created.
+	for _, tc := range []struct {
+		zone    string
+		version uint32
+	}{{"eu", 3}, {"us", 1}, {"e", 1}, {"eu2", 2}} {
+		err := rs.UpdateZoneKeyWrap(ctx, tc.zone, tc.version, nil, randomBytes(t, 77), 2)
+		require.ErrorIs(t, err, keystore.ErrUnknownKey, "update of zone %q v%d", tc.zone, tc.version)
+		requireUnknownZoneKey(t, s, tc.zone, tc.version)
+	}
+
+	// Invalid updates.
+	for name, err := range map[string]error{
+		"version 0":     rs.UpdateZoneKeyWrap(ctx, "eu", 0, want.Wrapped, randomBytes(t, 77), 2),
+		"KEK version 0": rs.UpdateZoneKeyWrap(ctx, "eu", 1, want.Wrapped, randomBytes(t, 77), 0),
+		"empty wrapped": rs.UpdateZoneKeyWrap(ctx, "eu", 1, want.Wrapped, nil, 2),
+	} {
+		require.ErrorIs(t, err, keystore.ErrInvalidValue, name)
+	}
+	requireUnchanged("after invalid updates", want, v2, other)
+
+	// The store keeps its own copy, the row keeps its unique keys, and
+	// the update persists.
+	again := randomBytes(t, 80)
+	want2 := want
+	want2.Wrapped, want2.KEKVersion = bytes.Clone(again), 11
+	require.NoError(t, rs.UpdateZoneKeyWrap(ctx, "eu", 1, want.Wrapped, again, 11))
+	again[0] ^= 0xff
+	requireUnchanged("after changing the slice passed", want2)
+	require.ErrorIs(t, s.CreateZoneKey(ctx, zoneKey(t, "eu", 1)), keystore.ErrExists, "the version is still taken")
+	dupID := zoneKey(t, "us", 1)
+	dupID.ID = v1.ID
+	require.ErrorIs(t, s.CreateZoneKey(ctx, dupID), keystore.ErrExists, "the id is still taken")
+	s = reopen(t, h, s)
+	got, err := s.ZoneKey(ctx, "eu", 1)
+	require.NoError(t, err)
+	requireZoneKey(t, want2, got, "after reopening")
+}
+
+func testUpdateDEKWrap(t *testing.T, h Harness) {
+	ctx := t.Context()
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	alice, bob, usAlice := dek(t, "eu", "alice", 1), dek(t, "eu", "bob", 1), dek(t, "us", "alice", 1)
+	for _, row := range []keystore.DEKRow{alice, bob, usAlice} {
+		createDEK(t, s, row)
+	}
+	requireUnchanged := func(msg string, rows ...keystore.DEKRow) {
+		t.Helper()
+		for _, want := range rows {
+			got, err := s.DEK(ctx, want.ID)
+			require.NoError(t, err, msg)
+			requireDEK(t, want, got, "%s: DEK of (%q, %q)", msg, want.Zone, want.Subject)
+			got, err = s.LatestDEK(ctx, want.Zone, want.Subject)
+			require.NoError(t, err, msg)
+			requireDEK(t, want, got, "%s: latest of (%q, %q)", msg, want.Zone, want.Subject)
+		}
+	}
+
+	// A rewrap changes Wrapped and ZoneKeyVersion only.
+	wrapped := randomBytes(t, 60)
+	require.NoError(t, rs.UpdateDEKWrap(ctx, alice.ID, alice.ZoneKeyVersion, bytes.Clone(alice.Wrapped), bytes.Clone(wrapped), alice.ZoneKeyVersion+7))
+	want := alice
+	want.Wrapped, want.ZoneKeyVersion = wrapped, alice.ZoneKeyVersion+7
+	requireUnchanged("after the update", want, bob, usAlice)
+	rows, err := s.DEKs(ctx, []envelope.KeyID{alice.ID, bob.ID})
+	require.NoError(t, err)
+	requireDEKSet(t, []keystore.DEKRow{want, bob}, rows, "DEKs after the update")
+
+	// Conflicts change nothing: each of the previous values must match.
+	for _, tc := range []struct {
+		name    string
+		version uint32
+		prev    []byte
+	}{
+		{"stale", alice.ZoneKeyVersion, alice.Wrapped},
+		{"wrong version", want.ZoneKeyVersion + 1, want.Wrapped},
+		{"old version", alice.ZoneKeyVersion, want.Wrapped},
+		{"wrong wrapped", want.ZoneKeyVersion, bob.Wrapped},
+		{"prefix", want.ZoneKeyVersion, want.Wrapped[:len(want.Wrapped)-1]},
+		{"nil", want.ZoneKeyVersion, nil},
+	} {
+		err := rs.UpdateDEKWrap(ctx, alice.ID, tc.version, tc.prev, randomBytes(t, 60), 99)
+		require.ErrorIs(t, err, keystore.ErrConflict, "update with a %s previous value", tc.name)
+		requireUnchanged("after a conflict ("+tc.name+")", want, bob, usAlice)
+	}
+
+	// A missing row is not created.
+	missing := envelope.NewKeyID()
+	require.ErrorIs(t, rs.UpdateDEKWrap(ctx, missing, 1, nil, randomBytes(t, 60), 2), keystore.ErrUnknownKey)
+	requireUnknownDEK(t, s, missing)
+
+	// Invalid updates.
+	for name, err := range map[string]error{
+		"version 0":     rs.UpdateDEKWrap(ctx, alice.ID, want.ZoneKeyVersion, want.Wrapped, randomBytes(t, 60), 0),
+		"empty wrapped": rs.UpdateDEKWrap(ctx, alice.ID, want.ZoneKeyVersion, want.Wrapped, nil, 9),
+	} {
+		require.ErrorIs(t, err, keystore.ErrInvalidValue, name)
+	}
+	requireUnchanged("after invalid updates", want, bob, usAlice)
+
+	// The store keeps its own copy, the row keeps its unique keys, and
+	// the update persists.
+	again := randomBytes(t, 60)
+	want2 := want
+	want2.Wrapped, want2.ZoneKeyVersion = bytes.Clone(again), want.ZoneKeyVersion+1
+	require.NoError(t, rs.UpdateDEKWrap(ctx, alice.ID, want.ZoneKeyVersion, want.Wrapped, again, want2.ZoneKeyVersion))
+	again[0] ^= 0xff
+	requireUnchanged("after changing the slice passed", want2)
+	require.ErrorIs(t, s.CreateDEK(ctx, dek(t, "eu", "alice", 1)), keystore.ErrExists, "the generation is still taken")
+	dupID := dek(t, "eu", "carol", 1)
+	dupID.ID = alice.ID
+	require.ErrorIs(t, s.CreateDEK(ctx, dupID), keystore.ErrExists, "the id is still taken")
+	s = reopen(t, h, s)
+	got, err := s.DEK(ctx, alice.ID)
+	require.NoError(t, err)
+	requireDEK(t, want2, got, "after reopening")
+}
+
+// testConcurrentUpdates checks that updates from the same previous values
+// are compare-and-swaps: exactly one wins.
+func testConcurrentUpdates(t *testing.T, h Harness) {
+	ctx := t.Context()
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	d := dek(t, "eu", "alice", 1)
+	createDEK(t, s, d)
+	zk := zoneKey(t, "eu", 1)
+	createZoneKey(t, s, zk)
+
+	wraps := make([][]byte, racers)
+	for i := range wraps {
+		wraps[i] = randomBytes(t, 60)
+	}
+	errs := race(func(i int) error {
+		return rs.UpdateDEKWrap(ctx, d.ID, d.ZoneKeyVersion, d.Wrapped, wraps[i], d.ZoneKeyVersion+1+uint32(i))
+	})
+	w := oneWinnerOf(t, errs, keystore.ErrConflict, "DEK update")
+	want := d
+	want.Wrapped, want.ZoneKeyVersion = wraps[w], d.ZoneKeyVersion+1+uint32(w)
+	got, err := s.DEK(ctx, d.ID)
+	require.NoError(t, err)
+	requireDEK(t, want, got, "DEK after the race: the winner's")
+
+	errs = race(func(i int) error {
+		return rs.UpdateZoneKeyWrap(ctx, "eu", 1, zk.Wrapped, wraps[i], 100+uint32(i))
+	})
+	w = oneWinnerOf(t, errs, keystore.ErrConflict, "zone-key update")
+	wantZK := zk
+	wantZK.Wrapped, wantZK.KEKVersion = wraps[w], 100+uint32(w)
+	gotZK, err := s.ZoneKey(ctx, "eu", 1)
+	require.NoError(t, err)
+	requireZoneKey(t, wantZK, gotZK, "zone key after the race: the winner's")
+}
+
+// scanAll scans zone with limit and returns the rows in scan order, failing
+// t if a page is too long or the scan does not end.
+func scanAll(t *testing.T, rs keystore.RotationStore, zone string, limit, atMost int, afterPage func([]keystore.DEKRow)) []keystore.DEKRow {
+	t.Helper()
+	var all []keystore.DEKRow
+	cursor := ""
+	for page := 0; ; page++ {
+		// Every page but an empty last one holds a row.
+		require.LessOrEqual(t, page, atMost/limit+atMost+1, "ScanDEKs(%q, limit %d) does not end", zone, limit)
+		rows, next, err := rs.ScanDEKs(t.Context(), zone, cursor, limit)
+		require.NoError(t, err, "ScanDEKs(%q, page %d, limit %d)", zone, page, limit)
+		require.LessOrEqual(t, len(rows), limit, "ScanDEKs(%q) returned more than limit rows", zone)
+		if next != "" {
+			require.NotEqual(t, cursor, next, "ScanDEKs(%q) returned its cursor as next", zone)
+		}
+		all = append(all, rows...)
+		if afterPage != nil {
+			afterPage(rows)
+		}
+		if next == "" {
+			return all
+		}
+		cursor = next
+	}
+}
+
+// requireOnce checks that rows hold each of want once and nothing else
+// but, if extra is set, rows it accepts once each.
+func requireOnce(t *testing.T, want map[envelope.KeyID]bool, rows []keystore.DEKRow, extra func(keystore.DEKRow) bool, msg string) {
+	t.Helper()
+	seen := map[envelope.KeyID]bool{}
+	for _, r := range rows {
+		require.False(t, seen[r.ID], "%s: DEK %s (zone %q, subject %q) returned twice", msg, r.ID, r.Zone, r.Subject)
+		seen[r.ID] = true
+		require.True(t, want[r.ID] || extra != nil && extra(r), "%s: unexpected DEK %s of zone %q", msg, r.ID, r.Zone)
+	}
+	for id := range want {
+		require.True(t, seen[id], "%s: DEK %s not returned", msg, id)
+	}
+}
+
+func testScanDEKs(t *testing.T, h Harness) {
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	subjects := []string{"", "a", "ab", "b", "a\x00", "a\x00b", "\x00", "\xff\xfe", "user%", strings.Repeat("x", keystore.MaxSubject)}
+	byZone := map[string][]keystore.DEKRow{}
+	for zi, zone := range []string{"eu", "eu2", "e", "eu_", "u"} {
+		for i, subject := range subjects[:len(subjects)-zi] {
+			for g := uint32(1); g <= uint32(1+(i+zi)%3); g++ {
+				row := dek(t, zone, subject, g)
+				createDEK(t, s, row)
+				byZone[zone] = append(byZone[zone], row)
+			}
+		}
+	}
+	for zone, want := range byZone {
+		for _, limit := range []int{1, 2, 7, len(want), len(want) + 1, 1000} {
+			got := scanAll(t, rs, zone, limit, len(want), nil)
+			requireDEKSet(t, want, got, fmt.Sprintf("ScanDEKs(%q, limit %d)", zone, limit))
+			ids := map[envelope.KeyID]bool{}
+			for _, r := range want {
+				ids[r.ID] = true
+			}
+			requireOnce(t, ids, got, nil, fmt.Sprintf("ScanDEKs(%q, limit %d)", zone, limit))
+		}
+	}
+	for _, zone := range []string{"us", "", "eu3", "eu\x00", "EU"} {
+		rows, next, err := rs.ScanDEKs(t.Context(), zone, "", 10)
+		require.NoError(t, err, "ScanDEKs(%q)", zone)
+		require.Empty(t, rows, "ScanDEKs(%q)", zone)
+		require.Empty(t, next, "ScanDEKs(%q) of a zone without DEKs", zone)
+	}
+}
+
+// testScanWhileUpdating scans as a rotation does: rewrapping each page's
+// rows, and rows not yet reached, while new DEKs are created.
+func testScanWhileUpdating(t *testing.T, h Harness) {
+	ctx := t.Context()
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	current := map[envelope.KeyID]keystore.DEKRow{}
+	want := map[envelope.KeyID]bool{}
+	var order []envelope.KeyID
+	for i := range 60 {
+		row := dek(t, "eu", fmt.Sprintf("subject-%02d", i), 1+uint32(i%2))
+		createDEK(t, s, row)
+		current[row.ID], want[row.ID] = row, true
+		order = append(order, row.ID)
+	}
+	for i := range 5 {
+		createDEK(t, s, dek(t, "eu2", fmt.Sprintf("subject-%02d", i), 1))
+	}
+	update := func(id envelope.KeyID) {
+		row := current[id]
+		next := row
+		next.Wrapped, next.ZoneKeyVersion = randomBytes(t, 60), row.ZoneKeyVersion+1
+		require.NoError(t, rs.UpdateDEKWrap(ctx, id, row.ZoneKeyVersion, row.Wrapped, next.Wrapped, next.ZoneKeyVersion))
+		current[id] = next
+	}
+	created := map[envelope.KeyID]bool{}
+	page := 0
+	got := scanAll(t, rs, "eu", 7, 200, func(rows []keystore.DEKRow) {
+		for _, r := range rows {
+			update(r.ID)
+		}
+		// Rewrap rows ahead of the scan too, from both ends, and add
+		// DEKs.
+		update(order[page%len(order)])
+		update(order[len(order)-1-page%len(order)])
+		row := dek(t, "eu", fmt.Sprintf("new-%02d", page), 1)
+		createDEK(t, s, row)
+		created[row.ID] = true
+		page++
+	})
+	requireOnce(t, want, got, func(r keystore.DEKRow) bool { return created[r.ID] }, "scan while updating")
+}
+
+func testScanLimit(t *testing.T, h Harness) {
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	createDEK(t, s, dek(t, "eu", "alice", 1))
+	for _, limit := range []int{0, -1, math.MinInt} {
+		_, _, err := rs.ScanDEKs(t.Context(), "eu", "", limit)
+		require.ErrorIs(t, err, keystore.ErrInvalidValue, "limit %d", limit)
+	}
+}
+
+// rotationCalls lists one call of each RotationStore method on the rows
+// known, for the cancelled-context and closed-store tests.
+func rotationCalls(zk keystore.ZoneKeyRow, d keystore.DEKRow) []struct {
+	name string
+	call func(ctx context.Context, rs keystore.RotationStore) error
+} {
+	return []struct {
+		name string
+		call func(ctx context.Context, rs keystore.RotationStore) error
+	}{
+		{"ZoneKeys", func(ctx context.Context, rs keystore.RotationStore) error {
+			_, err := rs.ZoneKeys(ctx, zk.Zone)
+			return err
+		}},
+		{"UpdateZoneKeyWrap", func(ctx context.Context, rs keystore.RotationStore) error {
+			return rs.UpdateZoneKeyWrap(ctx, zk.Zone, zk.Version, zk.Wrapped, []byte("new"), zk.KEKVersion+1)
+		}},
+		{"ScanDEKs", func(ctx context.Context, rs keystore.RotationStore) error {
+			_, _, err := rs.ScanDEKs(ctx, d.Zone, "", 10)
+			return err
+		}},
+		{"UpdateDEKWrap", func(ctx context.Context, rs keystore.RotationStore) error {
+			return rs.UpdateDEKWrap(ctx, d.ID, d.ZoneKeyVersion, d.Wrapped, []byte("new"), d.ZoneKeyVersion+1)
+		}},
+	}
+}
+
+func testRotationCancelled(t *testing.T, h Harness) {
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	zk, d := zoneKey(t, "eu", 1), dek(t, "eu", "alice", 1)
+	createZoneKey(t, s, zk)
+	createDEK(t, s, d)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for _, c := range rotationCalls(zk, d) {
+		require.ErrorIs(t, c.call(ctx, rs), context.Canceled, "%s with a cancelled context", c.name)
+	}
+	// Nothing was written, and the store still works.
+	got, err := s.ZoneKey(t.Context(), "eu", 1)
+	require.NoError(t, err)
+	requireZoneKey(t, zk, got, "after cancelled updates")
+	gotDEK, err := s.DEK(t.Context(), d.ID)
+	require.NoError(t, err)
+	requireDEK(t, d, gotDEK, "after cancelled updates")
+	for _, c := range rotationCalls(zk, d) {
+		require.NoError(t, c.call(t.Context(), rs), c.name)
+	}
+}
+
+func testRotationClosed(t *testing.T, h Harness) {
+	s := store(t, h)
+	rs := rotationStore(t, s)
+	zk, d := zoneKey(t, "eu", 1), dek(t, "eu", "alice", 1)
+	createZoneKey(t, s, zk)
+	createDEK(t, s, d)
+	require.NoError(t, s.Close())
+	for _, c := range rotationCalls(zk, d) {
+		require.ErrorIs(t, c.call(t.Context(), rs), keystore.ErrClosed, "%s after Close", c.name)
+	}
+	s = reopen(t, h, s)
+	got, err := s.ZoneKey(t.Context(), "eu", 1)
+	require.NoError(t, err)
+	requireZoneKey(t, zk, got, "after Close and reopen")
+	gotDEK, err := s.DEK(t.Context(), d.ID)
+	require.NoError(t, err)
+	requireDEK(t, d, gotDEK, "after Close and reopen")
 }
