@@ -9,9 +9,12 @@ import (
 )
 
 // lru is the bounded cache of unwrapped DEKs, by id, with an index of the
-// current DEK of each (zone, subject). A hit allocates nothing.
+// current DEK of each (zone, subject). A hit takes a read lock and allocates
+// nothing; eviction is second-chance (CLOCK): an entry used since it was
+// last considered is moved to the front once instead of evicted, which
+// keeps recently used DEKs as LRU would without reordering on every hit.
 type lru struct {
-	mu        sync.Mutex
+	mu        sync.RWMutex
 	max       int
 	ll        *list.List // of *DEK, most recently used first
 	byID      map[envelope.KeyID]*list.Element
@@ -31,35 +34,38 @@ func newLRU(max int) *lru {
 
 // get returns the cached, unexpired DEK with id, or nil.
 func (c *lru) get(id envelope.KeyID, now time.Time) *DEK {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
 	e := c.byID[id]
-	if e == nil {
-		return nil
-	}
-	d := e.Value.(*DEK)
-	if !now.Before(d.expires) {
-		c.removeLocked(e)
-		return nil
-	}
-	c.ll.MoveToFront(e)
-	return d
+	c.mu.RUnlock()
+	return c.hit(e, now)
 }
 
 // current returns the cached, unexpired current DEK of (zone, subject).
 func (c *lru) current(zone, subject string, now time.Time) *DEK {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
 	e := c.bySubject[subjectKey{zone, subject}]
+	c.mu.RUnlock()
+	return c.hit(e, now)
+}
+
+// hit marks the entry e (nil if there was none) used, or drops it if it has
+// expired.
+func (c *lru) hit(e *list.Element, now time.Time) *DEK {
 	if e == nil {
 		return nil
 	}
-	d := e.Value.(*DEK)
+	d := e.Value.(*DEK) // Value never changes once the element is listed
 	if !now.Before(d.expires) {
-		c.removeLocked(e)
+		c.mu.Lock()
+		if c.byID[d.ID()] == e {
+			c.removeLocked(e)
+		}
+		c.mu.Unlock()
 		return nil
 	}
-	c.ll.MoveToFront(e)
+	if !d.used.Load() {
+		d.used.Store(true)
+	}
 	return d
 }
 
@@ -76,7 +82,13 @@ func (c *lru) add(d *DEK, isCurrent bool) {
 		c.bySubject[subjectKey{d.Zone, d.Subject}] = e
 	}
 	for c.ll.Len() > c.max {
-		c.removeLocked(c.ll.Back())
+		back := c.ll.Back()
+		if d := back.Value.(*DEK); d.used.Load() {
+			d.used.Store(false) // second chance
+			c.ll.MoveToFront(back)
+			continue
+		}
+		c.removeLocked(back)
 	}
 }
 

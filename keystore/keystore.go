@@ -35,6 +35,7 @@ import (
 
 	"github.com/zonekey/zonekey/audit"
 	"github.com/zonekey/zonekey/envelope"
+	"github.com/zonekey/zonekey/internal/coarse"
 	"github.com/zonekey/zonekey/internal/errs"
 	"github.com/zonekey/zonekey/kms"
 )
@@ -118,6 +119,7 @@ type DEK struct {
 	Subject    string
 	Generation uint32
 	expires    time.Time
+	used       atomic.Bool // used since the cache last considered evicting it
 }
 
 // Keyring hands out DEKs. It is safe for concurrent use.
@@ -129,7 +131,8 @@ type Keyring struct {
 	policy     Policy
 	audit      audit.Sink
 
-	cache *lru // DEKs by id, and current DEK by (zone, subject)
+	cache *lru     // DEKs by id, and current DEK by (zone, subject)
+	aux   auxCache // blind-index and deterministic keys (aux.go)
 
 	zonesMu sync.Mutex
 	zones   map[string]*zoneState
@@ -170,7 +173,9 @@ func New(cfg Config) (*Keyring, error) {
 	}
 	now := cfg.Now
 	if now == nil {
-		now = time.Now
+		// TTL checks run on every key access: a coarse clock reads in
+		// nanoseconds where the system clock can take tens.
+		now = coarse.Now
 	}
 	cs := make(map[string]kms.Custodian, len(cfg.Custodians))
 	for z, c := range cfg.Custodians {
@@ -227,6 +232,7 @@ func (k *Keyring) Close() error {
 		return nil
 	}
 	k.cache.purge()
+	k.aux.purge()
 	k.zonesMu.Lock()
 	for _, zs := range k.zones {
 		zs.mu.Lock()
@@ -248,10 +254,14 @@ func (k *Keyring) zone(zone string) (*zoneState, kms.Custodian, error) {
 
 // DataKey returns the DEK to encrypt new data of subject in zone, creating
 // and durably storing it first if the subject has none. An empty subject
-// selects the zone's rolling DEK.
+// selects the zone's rolling DEK. Subjects starting with ReservedPrefix are
+// the keyring's own and refused with ErrInvalidValue.
 func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, error) {
 	if k.closed.Load() {
 		return nil, ErrClosed
+	}
+	if IsReserved(subject) {
+		return nil, fmt.Errorf("%w: subjects starting with %q are reserved for the keyring's own keys", ErrInvalidValue, ReservedPrefix)
 	}
 	caller, err := k.authorize(ctx, zone, subject, nil)
 	if err != nil {
@@ -304,7 +314,9 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 	}
 }
 
-// Key returns the DEK with the given id, for decryption.
+// Key returns the DEK with the given id, for decryption. The id of a
+// blind-index or deterministic key (see AuxKeyByID) is refused with
+// ErrUnknownKey: it is not a DEK.
 func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 	if k.closed.Load() {
 		return nil, ErrClosed
@@ -321,6 +333,9 @@ func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 	}
 	if row.ID != id {
 		return nil, fmt.Errorf("%w: store returned DEK %s for DEK %s", ErrTampered, row.ID, id)
+	}
+	if IsReserved(row.Subject) {
+		return nil, fmt.Errorf("%w: key %s is a blind-index or deterministic-encryption key, not a DEK", ErrUnknownKey, id)
 	}
 	caller, err := k.authorize(ctx, row.Zone, row.Subject, &row.ID)
 	if err != nil {
@@ -358,6 +373,9 @@ func (k *Keyring) Prefetch(ctx context.Context, ids []envelope.KeyID) error {
 	}
 	decisions := map[string]decision{}
 	for _, row := range rows {
+		if IsReserved(row.Subject) {
+			continue // not a DEK; Key refuses it
+		}
 		d, ok := decisions[row.Zone]
 		if !ok {
 			if k.policy != nil {
@@ -402,18 +420,28 @@ func (k *Keyring) rollingKey(ctx context.Context, zone string) (*DEK, error) {
 		r.uses++
 		return r.dek, nil
 	}
-	// A fresh generation after the highest stored one; retry on a race.
-	for attempt := 0; attempt < 8; attempt++ {
-		gen := uint32(1)
-		row, err := k.store.LatestDEK(ctx, zone, "")
-		switch {
-		case err == nil:
-			gen = row.Generation + 1
-		case !errors.Is(err, ErrUnknownKey):
-			return nil, err
+	// A fresh generation after the highest stored one. Rolling
+	// generations only need to be unique: a process that loses a race for
+	// one skips ahead by a random step, so racing processes spread out
+	// instead of colliding again.
+	gen := uint32(0)
+	for attempt := 0; attempt < 32; attempt++ {
+		if gen == 0 {
+			row, err := k.store.LatestDEK(ctx, zone, "")
+			switch {
+			case err == nil:
+				gen = row.Generation + 1
+			case errors.Is(err, ErrUnknownKey):
+				gen = 1
+			default:
+				return nil, err
+			}
 		}
 		d, err := k.createDEKLocked(ctx, zs, cust, zone, "", gen)
 		if errors.Is(err, ErrExists) {
+			var b [1]byte
+			rand.Read(b[:])
+			gen += 1 + uint32(b[0]%16)
 			continue
 		}
 		if err != nil {
@@ -430,13 +458,25 @@ func (k *Keyring) rollingKey(ctx context.Context, zone string) (*DEK, error) {
 // find the zone key, not while the DEK is stored, so that creates of
 // different subjects do not wait for each other's store writes.
 func (k *Keyring) createDEK(ctx context.Context, zs *zoneState, cust kms.Custodian, zone, subject string, gen uint32) (*DEK, error) {
+	row, secret, err := k.createKeyRow(ctx, zs, cust, zone, subject, gen)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(secret)
+	return k.newDEK(row, secret)
+}
+
+// createKeyRow makes a key of (zone, subject, gen), wraps it under the
+// zone's current key and stores it, like createDEK, and returns the row and
+// the secret, which the caller must clear.
+func (k *Keyring) createKeyRow(ctx context.Context, zs *zoneState, cust kms.Custodian, zone, subject string, gen uint32) (DEKRow, []byte, error) {
 	zs.mu.Lock()
 	zk, err := k.currentZoneKeyLocked(ctx, zs, cust, zone)
 	zs.mu.Unlock()
 	if err != nil {
-		return nil, err
+		return DEKRow{}, nil, err
 	}
-	return k.storeNewDEK(ctx, zk, zone, subject, gen)
+	return k.storeNewKeyRow(ctx, zk, zone, subject, gen)
 }
 
 // createDEKLocked makes a DEK, wraps it under the zone's current key and
@@ -452,8 +492,19 @@ func (k *Keyring) createDEKLocked(ctx context.Context, zs *zoneState, cust kms.C
 // storeNewDEK makes a DEK, wraps it under zk and stores it; only then is it
 // returned.
 func (k *Keyring) storeNewDEK(ctx context.Context, zk *zoneKey, zone, subject string, gen uint32) (*DEK, error) {
-	secret := make([]byte, envelope.KeySize)
+	row, secret, err := k.storeNewKeyRow(ctx, zk, zone, subject, gen)
+	if err != nil {
+		return nil, err
+	}
 	defer clear(secret)
+	return k.newDEK(row, secret)
+}
+
+// storeNewKeyRow makes a 32-byte key, wraps it under zk as the DEK row of
+// (zone, subject, gen) and stores it; only then does it return the row and
+// the secret, which the caller must clear.
+func (k *Keyring) storeNewKeyRow(ctx context.Context, zk *zoneKey, zone, subject string, gen uint32) (DEKRow, []byte, error) {
+	secret := make([]byte, envelope.KeySize)
 	rand.Read(secret)
 	row := DEKRow{
 		ID:             envelope.NewKeyID(),
@@ -468,12 +519,14 @@ func (k *Keyring) storeNewDEK(ctx context.Context, zk *zoneKey, zone, subject st
 	ev := audit.Event{Action: audit.DEKCreate, Decision: audit.Allow, Zone: zone, Subject: subject, DEK: row.ID.String(), ZoneKeyVersion: zk.version}
 	// Recorded before the row exists: no DEK is created unrecorded.
 	if err := k.record(ctx, caller, ev); err != nil {
-		return nil, err
+		clear(secret)
+		return DEKRow{}, nil, err
 	}
 	if err := k.store.CreateDEK(ctx, row); err != nil {
-		return nil, err
+		clear(secret)
+		return DEKRow{}, nil, err
 	}
-	return k.newDEK(row, secret)
+	return row, secret, nil
 }
 
 func (k *Keyring) newDEK(row DEKRow, secret []byte) (*DEK, error) {
@@ -485,6 +538,17 @@ func (k *Keyring) newDEK(row DEKRow, secret []byte) (*DEK, error) {
 }
 
 func (k *Keyring) unwrapDEK(ctx context.Context, zs *zoneState, cust kms.Custodian, row DEKRow) (*DEK, error) {
+	secret, err := k.unwrapKeyRow(ctx, zs, cust, row)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(secret)
+	return k.newDEK(row, secret)
+}
+
+// unwrapKeyRow authenticates and unwraps a DEK row under its zone-key
+// version and returns the secret, which the caller must clear.
+func (k *Keyring) unwrapKeyRow(ctx context.Context, zs *zoneState, cust kms.Custodian, row DEKRow) ([]byte, error) {
 	zk, err := k.zoneKey(ctx, zs, cust, row.Zone, row.ZoneKeyVersion)
 	if err != nil {
 		return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
@@ -498,11 +562,11 @@ func (k *Keyring) unwrapDEK(ctx context.Context, zs *zoneState, cust kms.Custodi
 		k.record(ctx, caller, ev)
 		return nil, err
 	}
-	defer clear(secret)
 	if err := k.record(ctx, caller, ev); err != nil {
+		clear(secret)
 		return nil, err
 	}
-	return k.newDEK(row, secret)
+	return secret, nil
 }
 
 // dekAD is the associated data that binds a wrapped DEK to its row.
