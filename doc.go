@@ -40,8 +40,11 @@
 //
 // # What not to do
 //
-// Do not keep a plaintext copy of an encrypted field "for search": use the
-// deterministic and blind-index forms when they are available. Do not share
+// Do not keep a plaintext copy of an encrypted field "for search": give it a
+// blind index (`zonekey:"index=Email"`, looked up with Client.IndexTerms) or,
+// if it must be matched exactly and stay reversible, encrypt it
+// deterministically (`zonekey:"encrypt,deterministic"`); SECURITY.md says
+// what each reveals. Do not share
 // one subject id between people: the subject is the unit of erasure. Do not
 // use local KEK files in production: anyone who can read the file and the
 // keystore can read the data.

@@ -291,6 +291,98 @@ func (c *Client) Decrypt(ctx context.Context, v any, opts ...CallOption) error {
 	return c.crypter.Decrypt(ctx, v, opts...)
 }
 
+// IndexTerms returns the terms that the blind-index field index (its field
+// path, such as "EmailIdx") of the struct type of record takes for value in
+// zone: one per live version of the index key, newest first. record is a
+// value of the type, a pointer to one (nil is fine) or its reflect.Type.
+//
+//	type User struct {
+//		ID       string `zonekey:"subject"`
+//		Region   string `zonekey:"zone"`
+//		Email    string `zonekey:"encrypt"`
+//		EmailIdx string `zonekey:"index=Email,bits=16,lower,trim"`
+//	}
+//	terms, err := c.IndexTerms(ctx, "eu", User{}, "EmailIdx", "Alice@Example.com")
+//	rows := db.Query(ctx, "SELECT ... FROM users WHERE region = 'eu' AND email_idx = ANY($1)", terms)
+//	// decrypt each candidate and keep those whose Email matches: a term
+//	// is shared by other values too, by design (see SECURITY.md).
+//
+// Computing a term needs the zone's index key: a caller outside the zone is
+// refused with ErrOutsideCustody, as for Decrypt.
+func (c *Client) IndexTerms(ctx context.Context, zone string, record any, index, value string) ([]string, error) {
+	if c.keyring == nil || c.closed.Load() {
+		return nil, fmt.Errorf("zonekey: index terms: %w", ErrClosed)
+	}
+	return c.crypter.IndexTerms(ctx, zone, record, index, value)
+}
+
+// DeterministicTerms returns the envelopes that the deterministic field
+// field (`zonekey:"encrypt,deterministic"`) of the struct type of record
+// holds for value in zone, one per live key version, newest first: compare
+// the column with each. Custody applies as for IndexTerms.
+func (c *Client) DeterministicTerms(ctx context.Context, zone string, record any, field, value string) ([]string, error) {
+	if c.keyring == nil || c.closed.Load() {
+		return nil, fmt.Errorf("zonekey: deterministic terms: %w", ErrClosed)
+	}
+	return c.crypter.DeterministicTerms(ctx, zone, record, field, value)
+}
+
+// Reindex brings the blind-index and deterministic fields of the stored
+// record v points to up to the current key versions, and reports whether it
+// changed v (then store it again). Run it over every record of a zone after
+// RotateSearchKey, then RetireSearchKeys; see fieldcrypt.Crypter.Reindex for
+// the loop. On error v is unchanged.
+func (c *Client) Reindex(ctx context.Context, v any, opts ...CallOption) (changed bool, err error) {
+	if c.keyring == nil || c.closed.Load() {
+		return false, fmt.Errorf("zonekey: reindex: %w", ErrClosed)
+	}
+	return c.crypter.Reindex(ctx, v, opts...)
+}
+
+// RotateSearchKey makes a new version of the key behind the blind-index or
+// deterministic field field of the struct type of record, in zone, and
+// returns its number. New records use it (other processes within DEKTTL);
+// IndexTerms and DeterministicTerms return terms of every live version, so
+// lookups keep finding records written under older ones until Reindex has
+// run over them and RetireSearchKeys retired the older versions.
+func (c *Client) RotateSearchKey(ctx context.Context, zone string, record any, field string) (uint32, error) {
+	if c.keyring == nil || c.closed.Load() {
+		return 0, fmt.Errorf("zonekey: rotate search key: %w", ErrClosed)
+	}
+	purpose, name, err := fieldcrypt.SearchKey(record, field)
+	if err != nil {
+		return 0, err
+	}
+	k, err := c.keyring.RotateAuxKey(ctx, zone, purpose, name)
+	if err != nil {
+		return 0, err
+	}
+	return k.Version, nil
+}
+
+// RetireSearchKeys retires the versions up to through of the key behind
+// field in zone (see RotateSearchKey): lookups stop searching them. Call it
+// once a Reindex pass over every record of the zone, started at least
+// DEKTTL after the rotation, changed nothing. The current version cannot be
+// retired.
+func (c *Client) RetireSearchKeys(ctx context.Context, zone string, record any, field string, through uint32) error {
+	if c.keyring == nil || c.closed.Load() {
+		return fmt.Errorf("zonekey: retire search keys: %w", ErrClosed)
+	}
+	purpose, name, err := fieldcrypt.SearchKey(record, field)
+	if err != nil {
+		return err
+	}
+	return c.keyring.RetireAuxKeys(ctx, zone, purpose, name, through)
+}
+
+// BlankSearchable empties the blind-index and deterministic fields of the
+// struct v points to and leaves every other field as it is. Call it, and
+// store the record, when erasing a subject: shredding the subject's key does
+// not reach them, since they are under per-zone keys (SECURITY.md,
+// "Searchable fields").
+func BlankSearchable(v any) error { return fieldcrypt.BlankSearchable(v) }
+
 // Keyring returns the client's keyring, for key operations.
 func (c *Client) Keyring() *keystore.Keyring { return c.keyring }
 

@@ -7,9 +7,18 @@
 // field or another subject's record fails to open with ErrTampered.
 //
 // An envelope is a versioned binary structure (see docs/format.md for the
-// byte-by-byte layout and test vectors):
+// byte-by-byte layout and test vectors). Algorithm 0x01, randomized AES-256-GCM
+// under a Key, is what every encrypted field uses unless it asks otherwise:
 //
 //	version(1) | algorithm(1) | DEK id(16) | nonce(12) | ciphertext+tag
+//
+// Algorithm 0x02 is deterministic AES-SIV under a DetKey, for fields that
+// must be found by equality: the same plaintext at the same field path and
+// map key under the same key always gives the same envelope. It binds no
+// subject (that is what makes equal values of different subjects match) and
+// so reveals which records share a value; see DetKey.
+//
+//	version(1) | algorithm(1) | key id(16) | synthetic IV(16) | ciphertext
 //
 // In text form (string fields, and []byte fields, so that both are
 // recognisable) it is the prefix "zk1." followed by the unpadded base64url
@@ -36,8 +45,11 @@ import (
 const (
 	// Version1 is the only envelope format version.
 	Version1 byte = 0x01
-	// AlgAES256GCM is AES-256-GCM with a random 96-bit nonce.
+	// AlgAES256GCM is AES-256-GCM with a random 96-bit nonce (Key).
 	AlgAES256GCM byte = 0x01
+	// AlgAES256SIV is deterministic AES-SIV (RFC 5297) with a 64-byte key
+	// (DetKey).
+	AlgAES256SIV byte = 0x02
 
 	// Prefix starts every envelope in text form.
 	Prefix = "zk1."
@@ -52,8 +64,19 @@ const (
 	TagSize = 16
 	// HeaderSize is the length of version, algorithm and DEK id.
 	HeaderSize = 2 + KeyIDSize
-	// Overhead is how many bytes the binary form adds to a plaintext.
+	// Overhead is how many bytes the binary form of an AES-GCM envelope
+	// adds to a plaintext.
 	Overhead = HeaderSize + NonceSize + TagSize
+
+	// DetKeySize is the length of a DetKey's secret in bytes: two AES-256
+	// keys, for S2V (CMAC) and for CTR.
+	DetKeySize = 64
+	// SIVSize is the length of AES-SIV's synthetic IV, which is also its
+	// authentication tag.
+	SIVSize = 16
+	// DetOverhead is how many bytes the binary form of an AES-SIV
+	// envelope adds to a plaintext.
+	DetOverhead = HeaderSize + SIVSize
 
 	// MaxPlaintext bounds the plaintext of one envelope (16 MiB). Parsers
 	// refuse anything longer before decoding it.
@@ -73,8 +96,9 @@ var (
 	// authentication: it was altered, or it is opened with another
 	// binding (another field, map key or subject) than it was sealed with.
 	ErrTampered = errs.Tampered
-	// ErrUnknownKey reports an envelope sealed under another DEK than the
-	// Key used to open it.
+	// ErrUnknownKey reports an envelope sealed under another key than the
+	// one used to open it: another key id, or another algorithm (an AES-SIV
+	// envelope offered to an AES-GCM Key, or the reverse).
 	ErrUnknownKey = errs.UnknownKey
 )
 
@@ -252,18 +276,31 @@ func (k *Key) SealBytes(p []byte, b Binding) ([]byte, error) {
 
 // Envelope is a parsed binary envelope. Its slices alias the parsed input.
 type Envelope struct {
-	Version    byte
-	Algorithm  byte
-	KeyID      KeyID
-	Nonce      []byte
-	Ciphertext []byte // ciphertext followed by the tag
+	Version   byte
+	Algorithm byte
+	KeyID     KeyID
+	// Nonce is the AES-GCM nonce; nil for AES-SIV, which has none.
+	Nonce []byte
+	// Ciphertext is, for AES-GCM, the ciphertext followed by the tag; for
+	// AES-SIV, the synthetic IV followed by the ciphertext.
+	Ciphertext []byte
 }
 
-// Parse parses a binary envelope without authenticating it. It never panics.
+// limits returns the minimum and maximum binary length of an envelope
+// of algorithm alg (a known one).
+func limits(alg byte) (minLen, maxLen int) {
+	if alg == AlgAES256SIV {
+		return DetOverhead, DetOverhead + MaxPlaintext
+	}
+	return Overhead, Overhead + MaxPlaintext
+}
+
+// Parse parses a binary envelope of either algorithm without authenticating
+// it. It never panics.
 func Parse(bin []byte) (Envelope, error) {
 	var e Envelope
-	if len(bin) < Overhead {
-		return e, fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrFormat, len(bin), Overhead)
+	if len(bin) < DetOverhead {
+		return e, fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrFormat, len(bin), DetOverhead)
 	}
 	if len(bin) > Overhead+MaxPlaintext {
 		return e, fmt.Errorf("%w: envelope longer than %d bytes", ErrFormat, Overhead+MaxPlaintext)
@@ -271,10 +308,21 @@ func Parse(bin []byte) (Envelope, error) {
 	if err := checkHeader(bin[0], bin[1]); err != nil {
 		return e, err
 	}
+	minLen, maxLen := limits(bin[1])
+	if len(bin) < minLen {
+		return e, fmt.Errorf("%w: %d bytes is shorter than the minimum %d of algorithm 0x%02x", ErrFormat, len(bin), minLen, bin[1])
+	}
+	if len(bin) > maxLen {
+		return e, fmt.Errorf("%w: envelope of algorithm 0x%02x longer than %d bytes", ErrFormat, bin[1], maxLen)
+	}
 	e.Version, e.Algorithm = bin[0], bin[1]
 	copy(e.KeyID[:], bin[2:HeaderSize])
-	e.Nonce = bin[HeaderSize : HeaderSize+NonceSize]
-	e.Ciphertext = bin[HeaderSize+NonceSize:]
+	if e.Algorithm == AlgAES256GCM {
+		e.Nonce = bin[HeaderSize : HeaderSize+NonceSize]
+		e.Ciphertext = bin[HeaderSize+NonceSize:]
+	} else {
+		e.Ciphertext = bin[HeaderSize:]
+	}
 	return e, nil
 }
 
@@ -282,10 +330,18 @@ func checkHeader(version, alg byte) error {
 	if version != Version1 {
 		return fmt.Errorf("%w: unknown version 0x%02x", ErrFormat, version)
 	}
-	if alg != AlgAES256GCM {
+	if alg != AlgAES256GCM && alg != AlgAES256SIV {
 		return fmt.Errorf("%w: unknown algorithm 0x%02x", ErrFormat, alg)
 	}
 	return nil
+}
+
+// algName names a known algorithm in errors.
+func algName(alg byte) string {
+	if alg == AlgAES256SIV {
+		return "AES-SIV (0x02)"
+	}
+	return "AES-256-GCM (0x01)"
 }
 
 // maxText is the longest text envelope any parser accepts.
@@ -301,25 +357,31 @@ func IsText[T ~string | ~[]byte](s T) bool {
 // version and algorithm, without decoding the rest. It is how a caller finds
 // which key to fetch before opening.
 func TextKeyID[T ~string | ~[]byte](s T) (KeyID, error) {
-	var id KeyID
+	_, id, err := TextHeader(s)
+	return id, err
+}
+
+// TextHeader is TextKeyID that also returns the envelope's algorithm
+// (AlgAES256GCM or AlgAES256SIV), which says what kind of key opens it.
+func TextHeader[T ~string | ~[]byte](s T) (alg byte, id KeyID, err error) {
 	if !IsText(s) {
-		return id, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
+		return 0, id, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
 	}
 	// 18 header bytes are exactly 24 base64 characters.
 	const hdrChars = HeaderSize / 3 * 4
 	if len(s) < len(Prefix)+hdrChars {
-		return id, fmt.Errorf("%w: truncated header", ErrFormat)
+		return 0, id, fmt.Errorf("%w: truncated header", ErrFormat)
 	}
 	var hdr [HeaderSize]byte
 	// A CR or LF among the characters would be skipped and leave hdr short.
 	if n, err := b64.Decode(hdr[:], []byte(s[len(Prefix):len(Prefix)+hdrChars])); err != nil || n != HeaderSize {
-		return id, fmt.Errorf("%w: header is not base64url", ErrFormat)
+		return 0, id, fmt.Errorf("%w: header is not base64url", ErrFormat)
 	}
 	if err := checkHeader(hdr[0], hdr[1]); err != nil {
-		return id, err
+		return 0, id, err
 	}
 	copy(id[:], hdr[2:])
-	return id, nil
+	return hdr[1], id, nil
 }
 
 // decodeText decodes the body of the text envelope s into dst, which must
@@ -378,11 +440,14 @@ func (k *Key) openInto(dst, adBuf, bin []byte, b Binding) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if e.KeyID != k.id {
-		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, e.KeyID, k.id)
-	}
 	if err := b.valid(); err != nil {
 		return nil, err
+	}
+	if e.Algorithm != AlgAES256GCM {
+		return nil, fmt.Errorf("%w: envelope is sealed with %s, not with this key's %s", ErrUnknownKey, algName(e.Algorithm), algName(AlgAES256GCM))
+	}
+	if e.KeyID != k.id {
+		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, e.KeyID, k.id)
 	}
 	ad := appendAD(adBuf, bin[:HeaderSize], b)
 	pt, err := k.aead.Open(dst, nil, bin[HeaderSize:], ad)

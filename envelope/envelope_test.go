@@ -266,18 +266,18 @@ func TestTextKeyID(t *testing.T) {
 		return Prefix + base64.RawURLEncoding.EncodeToString(h)
 	}
 	bad := map[string]string{
-		"empty":            "",
-		"no prefix":        text[len(Prefix):],
-		"prefix only":      Prefix,
-		"short header":     text[:len(Prefix)+23],
-		"bad base64":       Prefix + "!" + text[len(Prefix)+1:],
-		"padding":          Prefix + "AQE=" + text[len(Prefix)+4:],
-		"newline":          text[:len(Prefix)+8] + "\n" + text[len(Prefix)+8:],
-		"carriage return":  text[:len(Prefix)+23] + "\r" + text[len(Prefix)+23:],
-		"version 0":        hdr(0, AlgAES256GCM),
-		"version 2":        hdr(2, AlgAES256GCM),
-		"algorithm 0":      hdr(Version1, 0),
-		"reserved AES-SIV": hdr(Version1, 2),
+		"empty":           "",
+		"no prefix":       text[len(Prefix):],
+		"prefix only":     Prefix,
+		"short header":    text[:len(Prefix)+23],
+		"bad base64":      Prefix + "!" + text[len(Prefix)+1:],
+		"padding":         Prefix + "AQE=" + text[len(Prefix)+4:],
+		"newline":         text[:len(Prefix)+8] + "\n" + text[len(Prefix)+8:],
+		"carriage return": text[:len(Prefix)+23] + "\r" + text[len(Prefix)+23:],
+		"version 0":       hdr(0, AlgAES256GCM),
+		"version 2":       hdr(2, AlgAES256GCM),
+		"algorithm 0":     hdr(Version1, 0),
+		"algorithm 3":     hdr(Version1, 3),
 	}
 	for name, s := range bad {
 		t.Run(name, func(t *testing.T) {
@@ -433,14 +433,14 @@ func TestTextCharChanges(t *testing.T) {
 					continue
 				}
 				mod := text[:i] + string(c) + text[i+1:]
-				// Expected class: not canonical base64url -> format; else
-				// by the first byte that differs.
+				// Expected class: not canonical base64url, or not a
+				// well-formed envelope -> format; else by the first byte
+				// that differs: a header byte (the algorithm turned into
+				// AES-SIV's, or the key id) -> unknown_key.
 				want := refTampered
-				if bin, class := refDecodeText(mod); class != refClassOK {
+				if bin, class := refDecodeText(mod); class != refClassOK || !refWellFormed(bin) {
 					want = refFormat
-				} else if d := firstDiff(orig, bin); d < 2 {
-					want = refFormat
-				} else if d < HeaderSize {
+				} else if d := firstDiff(orig, bin); d < HeaderSize {
 					want = refUnknown
 				}
 				_, err := key.OpenString(mod, bindEmail)
@@ -599,7 +599,7 @@ func TestMalformed(t *testing.T) {
 		"version 2":          withHeader(2, AlgAES256GCM, Overhead+4),
 		"version 0xff":       withHeader(0xff, AlgAES256GCM, Overhead+4),
 		"algorithm 0":        withHeader(Version1, 0, Overhead+4),
-		"reserved AES-SIV":   withHeader(Version1, 2, Overhead+4),
+		"algorithm 3":        withHeader(Version1, 3, Overhead+4),
 		"algorithm 0xff":     withHeader(Version1, 0xff, Overhead+4),
 		"text given as bin":  []byte(Prefix + "AQE"),
 		"all ones, long":     bytes.Repeat([]byte{0xff}, 1000),

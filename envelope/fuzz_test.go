@@ -13,6 +13,20 @@ var (
 	fuzzID  = KeyID(mustHex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"))
 )
 
+// The deterministic fuzz key is the key of the first deterministic vector.
+var (
+	fuzzDetSecret = mustHex(hexRange(0x00, 64))
+	fuzzDetID     = KeyID(mustHex(hexRange(0x10, 16)))
+)
+
+func fuzzDetKey(t *testing.T) *DetKey {
+	k, err := NewDetKey(fuzzDetID, fuzzDetSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func fuzzKey(t *testing.T) *Key {
 	k, err := NewKey(fuzzID, fuzzDEK)
 	if err != nil {
@@ -37,11 +51,19 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("Parse error of class %q: %v", c, err)
 			}
 		} else {
-			if e.Version != Version1 || e.Algorithm != AlgAES256GCM {
-				t.Fatalf("accepted header %#x %#x", e.Version, e.Algorithm)
-			}
-			if len(e.Nonce) != NonceSize || len(e.Ciphertext) < TagSize || len(e.Ciphertext) > MaxPlaintext+TagSize {
-				t.Fatalf("bad part lengths: nonce %d, ciphertext %d", len(e.Nonce), len(e.Ciphertext))
+			switch {
+			case e.Version != Version1:
+				t.Fatalf("accepted version %#x", e.Version)
+			case e.Algorithm == AlgAES256GCM:
+				if len(e.Nonce) != NonceSize || len(e.Ciphertext) < TagSize || len(e.Ciphertext) > MaxPlaintext+TagSize {
+					t.Fatalf("bad part lengths: nonce %d, ciphertext %d", len(e.Nonce), len(e.Ciphertext))
+				}
+			case e.Algorithm == AlgAES256SIV:
+				if e.Nonce != nil || len(e.Ciphertext) < SIVSize || len(e.Ciphertext) > MaxPlaintext+SIVSize {
+					t.Fatalf("bad part lengths: nonce %d, ciphertext %d", len(e.Nonce), len(e.Ciphertext))
+				}
+			default:
+				t.Fatalf("accepted algorithm %#x", e.Algorithm)
 			}
 			if !bytes.Equal(assemble(e), bin) {
 				t.Fatal("parts do not reassemble the input")
@@ -58,6 +80,18 @@ func FuzzParse(f *testing.F) {
 		}
 		if err == nil && !bytes.Equal(pt, want) {
 			t.Fatal("Open and reference disagree on the plaintext")
+		}
+
+		// So does opening with the deterministic fuzz key.
+		dk := fuzzDetKey(t)
+		db := Binding{Path: "Email"}
+		pt, err = dk.Open(bin, db)
+		want, wantClass = refDetOpen(fuzzDetSecret, fuzzDetID[:], bin, db)
+		if c := errClass(err); c != wantClass {
+			t.Fatalf("DetKey.Open: class %q, reference %q (%v)", c, wantClass, err)
+		}
+		if err == nil && !bytes.Equal(pt, want) {
+			t.Fatal("DetKey.Open and reference disagree on the plaintext")
 		}
 	})
 }
@@ -142,6 +176,39 @@ func FuzzOpenString(f *testing.F) {
 		}
 		if got, err := key.OpenString(again, b); err != nil || got != pt {
 			t.Fatalf("re-seal round trip: %q, %v", got, err)
+		}
+	})
+}
+
+// FuzzDetOpenString: DetKey.OpenString never panics, fails with exactly one
+// of the three classes, agrees with OpenBytes and with the reference, and
+// what it opens re-seals to exactly its input (sealing is deterministic).
+func FuzzDetOpenString(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s, path, mapKey, subject string) {
+		key := fuzzDetKey(t)
+		b := Binding{Path: path, MapKey: mapKey, Subject: subject}
+		pt, err := key.OpenString(s, b)
+		ptb, errb := key.OpenBytes([]byte(s), b)
+		class := errClass(err)
+		if class != errClass(errb) {
+			t.Fatalf("OpenString %v, OpenBytes %v", err, errb)
+		}
+		want, wantClass := refDetOpenText(fuzzDetSecret, fuzzDetID[:], s, b)
+		if class != wantClass {
+			t.Fatalf("class %q, reference %q (%v)", class, wantClass, err)
+		}
+		if err != nil {
+			return
+		}
+		if pt != string(ptb) || pt != string(want) {
+			t.Fatal("OpenString, OpenBytes and the reference disagree on the plaintext")
+		}
+		again, err := key.SealString(pt, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again != s {
+			t.Fatalf("re-sealing gives %q, not the opened %q", again, s)
 		}
 	})
 }

@@ -34,6 +34,20 @@
 // detected. A value reachable along two different paths (aliased pointers,
 // slices or maps) cannot be bound to both and is refused with
 // ErrInvalidValue, as is a cyclic value.
+//
+// Two tags make records findable by an encrypted value (see IndexTerms and
+// DeterministicTerms, and SECURITY.md for what each reveals):
+//
+//	Email    string `zonekey:"encrypt"`
+//	EmailIdx string `zonekey:"index=Email,bits=16,lower,trim"` // blind index of Email
+//	TaxID    string `zonekey:"encrypt,deterministic"`          // AES-SIV: equal values, equal ciphertexts
+//
+// A blind-index field is a string next to its source, a string field of the
+// same struct tagged "encrypt"; Encrypt sets it to a term of the source's
+// plaintext, with the options bits=N (1 to 128, default 16), name=KEY (the
+// index key's name, by default the field's path) and the normalisers trim,
+// lower and nfc. "encrypt,deterministic" applies to string and []byte fields
+// and pointers to them, and binds the field path only, not the subject.
 package fieldcrypt
 
 import (
@@ -90,6 +104,7 @@ type Keyring interface {
 // concurrent use.
 type Crypter struct {
 	keys     Keyring
+	search   SearchKeyring // keys, if it holds search keys too
 	resolver Resolver
 }
 
@@ -107,6 +122,7 @@ func WithResolver(r Resolver) Option { return func(c *Crypter) { c.resolver = r 
 // New returns a Crypter over the keyring.
 func New(keys Keyring, opts ...Option) *Crypter {
 	c := &Crypter{keys: keys}
+	c.search, _ = keys.(SearchKeyring)
 	for _, o := range opts {
 		o(c)
 	}
@@ -183,15 +199,24 @@ func (e *FieldError) Unwrap() error { return e.Err }
 // authenticating at its field path) is left as it is; an envelope of
 // another record is refused with ErrTampered. Empty strings and empty slices
 // stay empty. On error v is unchanged.
+//
+// A blind-index field (`zonekey:"index=Source"`) is set to the term of its
+// source field's plaintext under the current version of its index key, or to
+// "" if the source is empty; a deterministic field is sealed under the
+// current version of its (zone, field) key, and a deterministic ciphertext of
+// an older version is left as it is (see Reindex).
 func (c *Crypter) Encrypt(ctx context.Context, v any, opts ...CallOption) error {
-	return c.run(ctx, v, true, opts)
+	_, err := c.run(ctx, v, modeEncrypt, opts)
+	return err
 }
 
 // Decrypt opens every tagged field of the struct v points to. A value that
 // is not an envelope fails with ErrNotEncrypted unless AllowPlaintext is
 // given. On error v is unchanged.
+// Blind-index fields are left as they are: a term cannot be reversed.
 func (c *Crypter) Decrypt(ctx context.Context, v any, opts ...CallOption) error {
-	return c.run(ctx, v, false, opts)
+	_, err := c.run(ctx, v, modeDecrypt, opts)
+	return err
 }
 
 // cycleCheckDepth is the nesting depth of pointers, slices and maps after
@@ -199,17 +224,30 @@ func (c *Crypter) Decrypt(ctx context.Context, v any, opts ...CallOption) error 
 // value instead of recursing forever (encoding/json does the same).
 const cycleCheckDepth = 1000
 
+// mode is what a walk does.
+type mode uint8
+
+const (
+	modeDecrypt mode = iota
+	modeEncrypt
+	modeReindex // Encrypt, and reseal deterministic values of older key versions
+	modeBlank   // empty the blind-index and deterministic fields; no keys
+)
+
 // walker carries one call's state; pooled so the hot path allocates only
 // the new field values.
 type walker struct {
 	c       *Crypter
 	ctx     context.Context
-	encrypt bool
+	encrypt bool // modeEncrypt or modeReindex
+	reindex bool
+	blank   bool
 	opts    callOpts
 	typ     reflect.Type
 	zone    string
 	subject string
-	dek     *keystore.DEK // encrypt: the record's DEK; decrypt: the last one used
+	dek     *keystore.DEK      // encrypt: the record's DEK; decrypt: the last one used
+	aux     []*keystore.AuxKey // current index and deterministic keys used by this call
 	writes  []write
 	targets []target // alias check scratch
 	depth   int
@@ -254,36 +292,44 @@ var walkers = sync.Pool{New: func() any { return new(walker) }}
 // maxPooledWrites bounds the pending-write buffer a pooled walker keeps.
 const maxPooledWrites = 4096
 
-func (c *Crypter) run(ctx context.Context, v any, encrypt bool, opts []CallOption) (err error) {
+// run walks the struct v points to in mode m and reports whether it
+// changed any field.
+func (c *Crypter) run(ctx context.Context, v any, m mode, opts []CallOption) (changed bool, err error) {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
-		return fmt.Errorf("%w: want a non-nil pointer to a struct, got %T", ErrInvalidValue, v)
+		return false, fmt.Errorf("%w: want a non-nil pointer to a struct, got %T", ErrInvalidValue, v)
 	}
 	rv = rv.Elem()
 	p := planFor(rv.Type())
 	if p.err != nil {
-		return p.err
+		return false, p.err
+	}
+	if m != modeBlank && p.searchable() && (c == nil || c.search == nil) {
+		return false, fmt.Errorf("%w: %s has blind-index or deterministic fields, and the Keyring does not hold their keys (it does not implement SearchKeyring)", ErrUnsupportedField, rv.Type())
 	}
 	w := walkers.Get().(*walker)
 	defer w.release()
-	w.c, w.ctx, w.encrypt, w.typ = c, ctx, encrypt, rv.Type()
+	w.c, w.ctx, w.typ = c, ctx, rv.Type()
+	w.encrypt, w.reindex, w.blank = m == modeEncrypt || m == modeReindex, m == modeReindex, m == modeBlank
 	for _, o := range opts {
 		o.apply(&w.opts)
 	}
-	if err := w.identify(v, rv, p); err != nil {
-		return err
+	if !w.blank {
+		if err := w.identify(v, rv, p); err != nil {
+			return false, err
+		}
 	}
-	if encrypt {
+	if w.encrypt {
 		w.dek, err = c.keys.DataKey(ctx, w.zone, w.subject)
 		if err != nil {
-			return &FieldError{Op: "encrypt", Type: w.typ, Zone: w.zone, Err: err}
+			return false, &FieldError{Op: w.op(), Type: w.typ, Zone: w.zone, Err: err}
 		}
 	}
 	if err := w.visit(rv, p.root, ""); err != nil {
-		return err
+		return false, err
 	}
 	if err := w.checkAliases(); err != nil {
-		return err
+		return false, err
 	}
 	for i := range w.writes {
 		wr := &w.writes[i]
@@ -296,18 +342,19 @@ func (c *Crypter) run(ctx context.Context, v any, encrypt bool, opts []CallOptio
 			wr.target.SetMapIndex(wr.key, wr.val)
 		}
 	}
-	return nil
+	return len(w.writes) > 0, nil
 }
 
 // release resets w and returns it to the pool.
 func (w *walker) release() {
-	writes, targets := w.writes, w.targets
+	writes, targets, aux := w.writes, w.targets, w.aux
 	clear(writes)
 	clear(targets)
+	clear(aux)
 	if cap(writes) > maxPooledWrites {
 		writes, targets = nil, nil
 	}
-	*w = walker{writes: writes[:0], targets: targets[:0]}
+	*w = walker{writes: writes[:0], targets: targets[:0], aux: aux[:0]}
 	walkers.Put(w)
 }
 
@@ -352,8 +399,13 @@ func (w *walker) identify(v any, rv reflect.Value, p *plan) error {
 }
 
 func (w *walker) op() string {
-	if w.encrypt {
+	switch {
+	case w.reindex:
+		return "reindex"
+	case w.encrypt:
 		return "encrypt"
+	case w.blank:
+		return "blank"
 	}
 	return "decrypt"
 }
@@ -428,6 +480,12 @@ func (w *walker) visit(v reflect.Value, n *node, mapKey string) error {
 		return err
 	case kStruct:
 		for _, f := range n.fields {
+			if f.node.kind == kIndex {
+				if err := w.indexField(v, f, mapKey); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := w.visit(v.Field(f.index), f.node, mapKey); err != nil {
 				return err
 			}
@@ -496,7 +554,17 @@ func (w *walker) leafString(v reflect.Value, n *node, mapKey string) error {
 	if s == "" {
 		return nil
 	}
-	out, ok, err := leaf(w, s, n, mapKey, (*envelope.Key).SealString, (*envelope.Key).OpenString)
+	var out string
+	var ok bool
+	var err error
+	switch {
+	case w.blank:
+		ok = n.det // out is ""
+	case n.det:
+		out, ok, err = detLeaf(w, s, n, mapKey, (*envelope.DetKey).SealString, (*envelope.DetKey).OpenString)
+	default:
+		out, ok, err = leaf(w, s, n, mapKey, (*envelope.Key).SealString, (*envelope.Key).OpenString)
+	}
 	if err != nil || !ok {
 		return err
 	}
@@ -512,7 +580,17 @@ func (w *walker) leafBytes(v reflect.Value, n *node, mapKey string) error {
 	if len(b) == 0 {
 		return nil
 	}
-	out, ok, err := leaf(w, b, n, mapKey, (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+	var out []byte
+	var ok bool
+	var err error
+	switch {
+	case w.blank:
+		ok = n.det // out is nil
+	case n.det:
+		out, ok, err = detLeaf(w, b, n, mapKey, (*envelope.DetKey).SealBytes, (*envelope.DetKey).OpenBytes)
+	default:
+		out, ok, err = leaf(w, b, n, mapKey, (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+	}
 	if err != nil || !ok {
 		return err
 	}
@@ -523,26 +601,41 @@ func (w *walker) leafBytes(v reflect.Value, n *node, mapKey string) error {
 	return nil
 }
 
-// minText is the length of the shortest text envelope (an empty plaintext).
-const minText = len(envelope.Prefix) + (envelope.Overhead*4+2)/3
+// The lengths of the shortest text envelopes (an empty plaintext) of each
+// algorithm.
+const (
+	minText    = len(envelope.Prefix) + (envelope.Overhead*4+2)/3
+	minDetText = len(envelope.Prefix) + (envelope.DetOverhead*4+2)/3
+)
 
 // looksSealed reports whether s is shaped like an envelope: the prefix, a
-// valid header and at least the minimum length. Values that only start with
-// the prefix ("zk1.hello") are data.
-func looksSealed[T string | []byte](s T) (envelope.KeyID, bool) {
-	if len(s) < minText || !envelope.IsText(s) {
-		return envelope.KeyID{}, false
+// valid header and at least the minimum length of its algorithm. Values that
+// only start with the prefix ("zk1.hello") are data.
+func looksSealed[T string | []byte](s T) (byte, envelope.KeyID, bool) {
+	if len(s) < minDetText || !envelope.IsText(s) {
+		return 0, envelope.KeyID{}, false
 	}
-	id, err := envelope.TextKeyID(s)
-	return id, err == nil
+	alg, id, err := envelope.TextHeader(s)
+	if err != nil || alg == envelope.AlgAES256GCM && len(s) < minText {
+		return 0, envelope.KeyID{}, false
+	}
+	return alg, id, true
 }
+
+var (
+	errDetInRandomized = fmt.Errorf("%w: a deterministic ciphertext in a randomized field", ErrTampered)
+	errRandomizedInDet = fmt.Errorf("%w: a randomized ciphertext in a deterministic field", ErrTampered)
+)
 
 // leaf computes the new value of one non-empty string or []byte value s at
 // n; ok is false when the value is to stay as it is.
 func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
 	seal, open func(*envelope.Key, T, envelope.Binding) (T, error)) (out T, ok bool, err error) {
 	b := w.binding(n, mapKey)
-	id, sealed := looksSealed(s)
+	alg, id, sealed := looksSealed(s)
+	if sealed && alg != envelope.AlgAES256GCM {
+		return out, false, w.fail(n, mapKey, "", errDetInRandomized)
+	}
 	if w.encrypt {
 		if sealed {
 			// Already encrypted: leave it, once it proves to be this
@@ -564,17 +657,7 @@ func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
 		return out, true, nil
 	}
 	if !sealed {
-		switch {
-		case w.opts.allowPlaintext:
-			return out, false, nil
-		case !envelope.IsText(s):
-			return out, false, w.fail(n, mapKey, "", ErrNotEncrypted)
-		}
-		err := fmt.Errorf("%w: truncated envelope", ErrFormat)
-		if _, herr := envelope.TextKeyID(s); herr != nil {
-			err = herr
-		}
-		return out, false, w.fail(n, mapKey, "", err)
+		return out, false, plaintext(w, s, n, mapKey)
 	}
 	dek, err := w.keyFor(id)
 	if err != nil {
@@ -589,6 +672,22 @@ func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
 		return out, false, w.fail(n, mapKey, dek.Zone, err)
 	}
 	return out, true, nil
+}
+
+// plaintext is what Decrypt does with a value s at n that is not an
+// envelope: nil (leave it) with AllowPlaintext, else an error.
+func plaintext[T string | []byte](w *walker, s T, n *node, mapKey string) error {
+	switch {
+	case w.opts.allowPlaintext:
+		return nil
+	case !envelope.IsText(s):
+		return w.fail(n, mapKey, "", ErrNotEncrypted)
+	}
+	err := fmt.Errorf("%w: truncated envelope", ErrFormat)
+	if _, herr := envelope.TextKeyID(s); herr != nil {
+		err = herr
+	}
+	return w.fail(n, mapKey, "", err)
 }
 
 // keyFor returns the DEK named id for Decrypt, checking that it is the

@@ -1,6 +1,8 @@
 package fieldcrypt_test
 
 import (
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -25,20 +27,45 @@ func FuzzParseTag(f *testing.F) {
 	for _, tag := range []string{"encrpyt", "encrypt,determinstic", "encrypt,", ",", "-,", "zone,deterministic", "encrypt,deterministic,deterministic"} {
 		f.Add(tag)
 	}
+	for _, tag := range []string{"index=Email", "index=Email,bits=12,lower,trim", "index=Email,name=e,nfc", "index=Email,bits=0", "index=Email,upper"} {
+		f.Add(tag)
+	}
 	f.Fuzz(func(t *testing.T, tag string) {
+		valid := validTags[tag] || validIndexTag(tag)
 		got, err := fieldcrypt.ParseTag(tag)
 		if err != nil {
 			require.ErrorIs(t, err, fieldcrypt.ErrUnsupportedField)
-			require.False(t, validTags[tag], "valid tag %q refused: %v", tag, err)
+			require.False(t, valid, "valid tag %q refused: %v", tag, err)
 			require.Equal(t, fieldcrypt.Tag{}, got)
 			return
 		}
-		require.True(t, validTags[tag], "tag %q is outside the grammar but was accepted as %+v", tag, got)
-		require.Equal(t, tag, got.String(), "canonical form")
+		require.True(t, valid, "tag %q is outside the grammar but was accepted as %+v", tag, got)
+		if got.Role != fieldcrypt.RoleIndex {
+			require.Equal(t, tag, got.String(), "canonical form")
+		}
 		again, err := fieldcrypt.ParseTag(got.String())
 		require.NoError(t, err)
 		require.Equal(t, got, again)
 	})
+}
+
+// indexTagRE is the grammar of blind-index tags, less the rule that no
+// option appears twice, which validIndexTag checks.
+var indexTagRE = regexp.MustCompile(`^index=\p{Lu}[\p{L}\p{Nd}_]*((,bits=([1-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))|(,name=[A-Za-z0-9_.-]{1,128})|,trim|,lower|,nfc)*$`)
+
+func validIndexTag(tag string) bool {
+	if !indexTagRE.MatchString(tag) {
+		return false
+	}
+	seen := map[string]bool{}
+	for _, opt := range strings.Split(tag, ",")[1:] {
+		key, _, _ := strings.Cut(opt, "=")
+		if seen[key] {
+			return false
+		}
+		seen[key] = true
+	}
+	return true
 }
 
 // fuzzRecord is the small record FuzzDecrypt fills with arbitrary contents.

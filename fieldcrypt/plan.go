@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 )
 
 // TagName is the struct tag key fieldcrypt reads.
@@ -15,7 +18,49 @@ const TagName = "zonekey"
 type Tag struct {
 	Role          Role // what the field is
 	Deterministic bool // "encrypt,deterministic"
+
+	// Blind index ("index=Source,..."): the fields below are set only for
+	// RoleIndex.
+	Source    string     // the field of the same struct whose value is indexed
+	Bits      int        // "bits=N": length of a term's hash; 0 means DefaultIndexBits
+	Name      string     // "name=...": the index key's name; "" means the index field's path
+	Normalize Normalizer // "trim", "lower", "nfc"
 }
+
+// Normalizer is a set of normalisations applied to a value before it is
+// indexed. Whatever their order in the tag, they are applied in this order:
+// trim, lower, nfc.
+type Normalizer uint8
+
+// The normalisations of a blind index.
+const (
+	// NormTrim removes leading and trailing white space (unicode.IsSpace).
+	NormTrim Normalizer = 1 << iota
+	// NormLower maps the value to lower case (strings.ToLower: Unicode
+	// simple case mapping, not locale-specific).
+	NormLower
+	// NormNFC puts the value in Unicode Normalization Form C, so that
+	// composed and decomposed spellings of a character index alike.
+	NormNFC
+)
+
+var normNames = []struct {
+	n    Normalizer
+	name string
+}{{NormTrim, "trim"}, {NormLower, "lower"}, {NormNFC, "nfc"}}
+
+// Blind index limits.
+const (
+	// DefaultIndexBits is the length of a term's hash when the tag gives
+	// no bits=. Choose bits for the data set: with N records of distinct
+	// values, a term matches on average 1 + (N-1)/2^bits of them.
+	DefaultIndexBits = 16
+	// MinIndexBits and MaxIndexBits bound bits=.
+	MinIndexBits = 1
+	MaxIndexBits = 128
+	// maxIndexName bounds name=.
+	maxIndexName = 128
+)
 
 // Role is what a tagged field is to fieldcrypt.
 type Role uint8
@@ -27,13 +72,17 @@ const (
 	RoleZone                // "zone": the record's custody zone
 	RoleSubject             // "subject": the record's data subject
 	RoleSkip                // "-": never looked at
+	RoleIndex               // "index=Source": a blind index of the field Source
 )
 
 // ParseTag parses the value of a `zonekey` struct tag. It accepts exactly
-// "", "-", "zone", "subject", "encrypt" and "encrypt,deterministic", and
-// rejects anything else (an unknown role or option, a repeated option, an
-// empty option such as a trailing comma, surrounding spaces) with an error
-// wrapping ErrUnsupportedField, so that a typo never leaves a field
+// "", "-", "zone", "subject", "encrypt", "encrypt,deterministic" and
+// "index=Source" followed by any of the options "bits=N" (MinIndexBits to
+// MaxIndexBits), "name=NAME" (letters, digits, '_', '-' and '.') and the
+// normalisers "trim", "lower" and "nfc", each at most once. It rejects
+// anything else (an unknown role, option or normaliser, a repeated option,
+// an empty option such as a trailing comma, surrounding spaces) with an
+// error wrapping ErrUnsupportedField, so that a typo never leaves a field
 // unencrypted.
 func ParseTag(tag string) (Tag, error) {
 	t, msg := parseTag(tag)
@@ -62,7 +111,11 @@ func parseTag(tag string) (Tag, string) {
 	case "encrypt":
 		t.Role = RoleEncrypt
 	default:
-		return t, fmt.Sprintf("unknown tag role %q in tag %q (want encrypt, zone, subject or -)", name, tag)
+		src, isIndex := strings.CutPrefix(name, "index=")
+		if !isIndex {
+			return t, fmt.Sprintf("unknown tag role %q in tag %q (want encrypt, zone, subject, index=Field or -)", name, tag)
+		}
+		return parseIndexTag(tag, src, opts, hasOpts)
 	}
 	for hasOpts {
 		var opt string
@@ -75,6 +128,75 @@ func parseTag(tag string) (Tag, string) {
 		}
 	}
 	return t, ""
+}
+
+// parseIndexTag parses the rest of an "index=src" tag.
+func parseIndexTag(tag, src, opts string, hasOpts bool) (Tag, string) {
+	if !isIdent(src) {
+		return Tag{}, fmt.Sprintf("index source %q in tag %q is not a field name", src, tag)
+	}
+	t := Tag{Role: RoleIndex, Source: src}
+	for hasOpts {
+		var opt string
+		opt, opts, hasOpts = strings.Cut(opts, ",")
+		key, val, hasVal := strings.Cut(opt, "=")
+		switch {
+		case key == "bits" && hasVal && t.Bits == 0:
+			n, err := strconv.Atoi(val)
+			if err != nil || strconv.Itoa(n) != val || n < MinIndexBits || n > MaxIndexBits {
+				return Tag{}, fmt.Sprintf("bits=%s in tag %q is out of range (want %d to %d)", val, tag, MinIndexBits, MaxIndexBits)
+			}
+			t.Bits = n
+		case key == "name" && hasVal && t.Name == "":
+			if !isIndexName(val) {
+				return Tag{}, fmt.Sprintf("name=%s in tag %q: an index name is 1 to %d letters, digits, '_', '-' and '.'", val, tag, maxIndexName)
+			}
+			t.Name = val
+		case !hasVal && normOf(opt) != 0 && t.Normalize&normOf(opt) == 0:
+			t.Normalize |= normOf(opt)
+		case !hasVal && opt != "" && normOf(opt) == 0:
+			return Tag{}, fmt.Sprintf("unknown normaliser %q in tag %q (want trim, lower or nfc)", opt, tag)
+		default:
+			return Tag{}, fmt.Sprintf("option %q is not valid in tag %q", opt, tag)
+		}
+	}
+	return t, ""
+}
+
+func normOf(name string) Normalizer {
+	for _, n := range normNames {
+		if n.name == name {
+			return n.n
+		}
+	}
+	return 0
+}
+
+// isIdent reports whether s is an exported Go identifier.
+func isIdent(s string) bool {
+	r, _ := utf8.DecodeRuneInString(s)
+	if !unicode.IsUpper(r) {
+		return false
+	}
+	for _, r := range s {
+		if r != '_' && !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func isIndexName(s string) bool {
+	if s == "" || len(s) > maxIndexName {
+		return false
+	}
+	for _, c := range []byte(s) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // String returns the canonical text of the tag, which ParseTag parses back
@@ -92,6 +214,19 @@ func (t Tag) String() string {
 		s = "subject"
 	case RoleSkip:
 		s = "-"
+	case RoleIndex:
+		s = "index=" + t.Source
+		if t.Bits != 0 {
+			s += ",bits=" + strconv.Itoa(t.Bits)
+		}
+		if t.Name != "" {
+			s += ",name=" + t.Name
+		}
+		for _, n := range normNames {
+			if t.Normalize&n.n != 0 {
+				s += "," + n.name
+			}
+		}
 	default:
 		return fmt.Sprintf("Role(%d)", t.Role)
 	}
@@ -111,6 +246,7 @@ const (
 	kStruct                     // struct: visit fields
 	kSlice                      // slice or array: visit elements
 	kMap                        // map with string keys: visit values
+	kIndex                      // a blind-index field: computed from its source field
 )
 
 // node is the plan of one value of one type at one path. Plans of
@@ -121,7 +257,19 @@ type node struct {
 	elem   *node   // kPtr, kSlice, kMap
 	fields []field // kStruct: only fields that may hold sealed values
 	typ    reflect.Type
-	live   bool // may hold a sealed value (pruning)
+	live   bool       // may hold a sealed value (pruning)
+	det    bool       // kString, kBytes: sealed deterministically
+	index  *indexSpec // kIndex
+}
+
+// indexSpec is the plan of one blind-index field.
+type indexSpec struct {
+	src     int    // index of the source field in the struct
+	srcPath string // path of the source field: its binding
+	srcDet  bool   // the source is deterministic
+	name    string // the index key's name
+	bits    int
+	norm    Normalizer
 }
 
 type field struct {
@@ -132,10 +280,16 @@ type field struct {
 // plan is everything fieldcrypt knows about one struct type.
 type plan struct {
 	root       *node
-	zoneIdx    []int // index path of the zone field, nil if none
-	subjectIdx []int // index path of the subject field, nil if none
+	zoneIdx    []int            // index path of the zone field, nil if none
+	subjectIdx []int            // index path of the subject field, nil if none
+	indexes    map[string]*node // blind-index fields by path
+	dets       map[string]*node // deterministic leaves by path
 	err        error
 }
+
+// searchable reports whether the type has blind-index or deterministic
+// fields, which need a SearchKeyring.
+func (p *plan) searchable() bool { return len(p.indexes) > 0 || len(p.dets) > 0 }
 
 // PlanError reports a struct type that fieldcrypt cannot handle, naming the
 // field path. It wraps ErrUnsupportedField.
@@ -266,9 +420,19 @@ func (b *builder) structNode(t reflect.Type, path string, index []int, top, encr
 			}
 			continue
 		}
+		if tag.Role == RoleIndex {
+			child, err := b.indexField(t, sf, tag, path, fpath, encryptAll)
+			if err != nil {
+				return nil, err
+			}
+			n.fields = append(n.fields, field{index: i, node: child})
+			continue
+		}
 		enc := encryptAll || tag.Role == RoleEncrypt
 		if tag.Deterministic {
-			return nil, b.errorf(fpath, "deterministic encryption is not available in this version")
+			if err := checkDet(sf.Type); err != nil {
+				return nil, b.errorf(fpath, "%s", err)
+			}
 		}
 		var child *node
 		var err error
@@ -295,10 +459,79 @@ func (b *builder) structNode(t reflect.Type, path string, index []int, top, encr
 		if err != nil {
 			return nil, err
 		}
+		if tag.Deterministic && child != nil {
+			leaf := child
+			if leaf.kind == kPtr {
+				leaf = leaf.elem
+			}
+			leaf.det = true
+			b.addDet(leaf)
+		}
 		if child != nil {
 			n.fields = append(n.fields, field{index: i, node: child})
 		}
 	}
+	return n, nil
+}
+
+// checkDet checks the type of a field tagged "encrypt,deterministic": a
+// string or []byte, or a pointer to one. Slices, maps and structs are
+// refused: their elements would be matched one by one, which is rarely what
+// an equality search means, and map keys are not bound.
+func checkDet(t reflect.Type) error {
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() == reflect.String || t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Uint8 {
+		return nil
+	}
+	return fmt.Errorf("deterministic encryption applies to string and []byte fields and pointers to them, not %s", t)
+}
+
+func (b *builder) addDet(n *node) {
+	if b.plan.dets == nil {
+		b.plan.dets = map[string]*node{}
+	}
+	b.plan.dets[n.path] = n
+}
+
+// indexField builds the node of the blind-index field sf of struct t at
+// path fpath (t itself is at path). Its source is a field of t itself
+// tagged "encrypt" (or "encrypt,deterministic") holding a string.
+func (b *builder) indexField(t reflect.Type, sf reflect.StructField, tag Tag, path, fpath string, encryptAll bool) (*node, error) {
+	switch {
+	case encryptAll:
+		return nil, b.errorf(fpath, "an index field cannot be inside a struct tagged encrypt")
+	case !sf.IsExported():
+		return nil, b.errorf(fpath, "an index field must be exported")
+	case sf.Type.Kind() != reflect.String:
+		return nil, b.errorf(fpath, "an index field must be a string (it holds a term), not %s", sf.Type)
+	}
+	src, ok := t.FieldByName(tag.Source)
+	if !ok || len(src.Index) != 1 {
+		return nil, b.errorf(fpath, "index source %s is not a field of %s (the source must be in the same struct)", join(path, tag.Source), t)
+	}
+	srcPath := join(path, tag.Source)
+	raw, _ := fieldTag(src)
+	stag, _ := parseTag(raw)
+	switch {
+	case stag.Role != RoleEncrypt:
+		return nil, b.errorf(fpath, "index source %s must be tagged `zonekey:\"encrypt\"` (a blind index of a plaintext field protects nothing)", srcPath)
+	case src.Type.Kind() != reflect.String:
+		return nil, b.errorf(fpath, "index source %s must be a string, not %s", srcPath, src.Type)
+	}
+	spec := &indexSpec{src: src.Index[0], srcPath: srcPath, srcDet: stag.Deterministic, name: tag.Name, bits: tag.Bits, norm: tag.Normalize}
+	if spec.name == "" {
+		spec.name = fpath
+	}
+	if spec.bits == 0 {
+		spec.bits = DefaultIndexBits
+	}
+	n := &node{kind: kIndex, path: fpath, typ: sf.Type, index: spec}
+	if b.plan.indexes == nil {
+		b.plan.indexes = map[string]*node{}
+	}
+	b.plan.indexes[fpath] = n
 	return n, nil
 }
 
@@ -457,7 +690,7 @@ func (b *builder) prune() {
 func isLive(n *node) bool {
 	for n != nil {
 		switch n.kind {
-		case kString, kBytes:
+		case kString, kBytes, kIndex:
 			return true
 		case kStruct:
 			return n.live

@@ -139,14 +139,91 @@ func TestPlanRejects(t *testing.T) {
 				priv string
 			} `zonekey:"encrypt"`
 		}{}, "In"},
-		{"deterministic (not yet available)", &struct {
-			S string `zonekey:"encrypt,deterministic"`
+		{"deterministic on a slice", &struct {
+			S []string `zonekey:"encrypt,deterministic"`
 		}{}, "S"},
-		{"deterministic deep inside", &struct {
+		{"deterministic on a map", &struct {
+			M map[string]string `zonekey:"encrypt,deterministic"`
+		}{}, "M"},
+		{"deterministic on a struct", &struct {
+			In struct{ S string } `zonekey:"encrypt,deterministic"`
+		}{}, "In"},
+		{"deterministic on an int", &struct {
+			N int `zonekey:"encrypt,deterministic"`
+		}{}, "N"},
+		{"deterministic deep inside, on a byte array", &struct {
 			L []struct {
-				S string `zonekey:"encrypt,deterministic"`
+				A [4]byte `zonekey:"encrypt,deterministic"`
 			}
-		}{}, "L[].S"},
+		}{}, "L[].A"},
+		{"index of a missing field", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Mail"`
+		}{}, "EmailIdx"},
+		{"index of a non-string field", &struct {
+			Notes    []byte `zonekey:"encrypt"`
+			NotesIdx string `zonekey:"index=Notes"`
+		}{}, "NotesIdx"},
+		{"index of a string pointer", &struct {
+			Email    *string `zonekey:"encrypt"`
+			EmailIdx string  `zonekey:"index=Email"`
+		}{}, "EmailIdx"},
+		{"index of a plaintext field", &struct {
+			Email    string
+			EmailIdx string `zonekey:"index=Email"`
+		}{}, "EmailIdx"},
+		{"index of a field of an embedded struct", &struct {
+			withZone
+			DataIdx string `zonekey:"index=Data"`
+		}{}, "DataIdx"},
+		{"index in a nested struct naming an outer field", &struct {
+			Email string `zonekey:"encrypt"`
+			In    struct {
+				EmailIdx string `zonekey:"index=Email"`
+			}
+		}{}, "In.EmailIdx"},
+		{"index field not a string", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx []byte `zonekey:"index=Email"`
+		}{}, "EmailIdx"},
+		{"index field unexported", &struct {
+			Email    string `zonekey:"encrypt"`
+			emailIdx string `zonekey:"index=Email"`
+		}{}, "emailIdx"},
+		{"index inside an encrypted struct", &struct {
+			In struct {
+				Email    string
+				EmailIdx string `zonekey:"index=Email"`
+			} `zonekey:"encrypt"`
+		}{}, "In.EmailIdx"},
+		{"index bits 0", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Email,bits=0"`
+		}{}, "EmailIdx"},
+		{"index bits too many", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Email,bits=129"`
+		}{}, "EmailIdx"},
+		{"index bits not a number", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Email,bits=sixteen"`
+		}{}, "EmailIdx"},
+		{"unknown normaliser", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Email,lower,casefold"`
+		}{}, "EmailIdx"},
+		{"normaliser twice", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Email,trim,trim"`
+		}{}, "EmailIdx"},
+		{"bad index name", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Email,name=a b"`
+		}{}, "EmailIdx"},
+		{"deterministic on an index", &struct {
+			Email    string `zonekey:"encrypt"`
+			EmailIdx string `zonekey:"index=Email,deterministic"`
+		}{}, "EmailIdx"},
 		{"recursive slice type tagged", &struct {
 			S SelfSlice `zonekey:"encrypt"`
 		}{}, "S[]"},
@@ -254,6 +331,28 @@ func TestParseTag(t *testing.T) {
 		{" encrypt", fieldcrypt.Tag{}, false},
 		{"encrypt ", fieldcrypt.Tag{}, false},
 		{"ENCRYPT", fieldcrypt.Tag{}, false},
+		{"index=Email", fieldcrypt.Tag{Role: fieldcrypt.RoleIndex, Source: "Email"}, true},
+		{"index=Email,bits=24,name=email.v2,trim,lower,nfc", fieldcrypt.Tag{Role: fieldcrypt.RoleIndex, Source: "Email", Bits: 24,
+			Name: "email.v2", Normalize: fieldcrypt.NormTrim | fieldcrypt.NormLower | fieldcrypt.NormNFC}, true},
+		{"index=Email,lower", fieldcrypt.Tag{Role: fieldcrypt.RoleIndex, Source: "Email", Normalize: fieldcrypt.NormLower}, true},
+		{"index=Email,bits=1", fieldcrypt.Tag{Role: fieldcrypt.RoleIndex, Source: "Email", Bits: 1}, true},
+		{"index=Email,bits=128", fieldcrypt.Tag{Role: fieldcrypt.RoleIndex, Source: "Email", Bits: 128}, true},
+		{"index=", fieldcrypt.Tag{}, false},
+		{"index=email", fieldcrypt.Tag{}, false},
+		{"index=Email,bits=0", fieldcrypt.Tag{}, false},
+		{"index=Email,bits=129", fieldcrypt.Tag{}, false},
+		{"index=Email,bits=016", fieldcrypt.Tag{}, false},
+		{"index=Email,bits=-1", fieldcrypt.Tag{}, false},
+		{"index=Email,bits=8,bits=8", fieldcrypt.Tag{}, false},
+		{"index=Email,name=", fieldcrypt.Tag{}, false},
+		{"index=Email,name=x,name=y", fieldcrypt.Tag{}, false},
+		{"index=Email,upper", fieldcrypt.Tag{}, false},
+		{"index=Email,lower,lower", fieldcrypt.Tag{}, false},
+		{"index=Email,", fieldcrypt.Tag{}, false},
+		{"index=Email,deterministic", fieldcrypt.Tag{}, false},
+		{"index=Email,trim=1", fieldcrypt.Tag{}, false},
+		{"encrypt,lower", fieldcrypt.Tag{}, false},
+		{"index", fieldcrypt.Tag{}, false},
 	}
 	for _, tc := range tests {
 		got, err := fieldcrypt.ParseTag(tc.tag)
@@ -265,4 +364,9 @@ func TestParseTag(t *testing.T) {
 		require.Equal(t, tc.want, got, "tag %q", tc.tag)
 		require.Equal(t, tc.tag, got.String())
 	}
+	// Normalisers may come in any order; the canonical form lists them as
+	// they are applied.
+	got, err := fieldcrypt.ParseTag("index=Email,nfc,lower,trim,bits=8")
+	require.NoError(t, err)
+	require.Equal(t, "index=Email,bits=8,trim,lower,nfc", got.String())
 }

@@ -13,6 +13,8 @@
 //	rotate --zone Z --retire-below N       retire KEK versions below N
 //	rotate --zone Z --zone-key [--batch N] make a new zone-key version, rewrap the DEKs
 //	keys list [--zone Z]                   list zone-key versions and their DEKs
+//	reindex --zone Z --index NAME          rotate a blind-index or deterministic key; retire old
+//	                                       versions after the application's re-index
 //	audit verify FILE                      check the hash chain of an audit file
 //	audit repair FILE                      remove a torn last line left by an interrupted write
 //
@@ -63,6 +65,7 @@ type command struct {
 var commands = []*command{
 	rotateCmd,
 	keysListCmd,
+	reindexCmd,
 	auditVerifyCmd,
 	auditRepairCmd,
 }
