@@ -307,6 +307,9 @@ func (c *Crypter) run(ctx context.Context, v any, m mode, opts []CallOption) (ch
 	if m != modeBlank && p.searchable() && (c == nil || c.search == nil) {
 		return false, fmt.Errorf("%w: %s has blind-index or deterministic fields, and the Keyring does not hold their keys (it does not implement SearchKeyring)", ErrUnsupportedField, rv.Type())
 	}
+	if p.flat && len(opts) == 0 && (m == modeEncrypt || m == modeDecrypt) {
+		return c.runFlat(ctx, v, rv, p, m == modeEncrypt)
+	}
 	w := walkers.Get().(*walker)
 	defer w.release()
 	w.c, w.ctx, w.typ = c, ctx, rv.Type()
@@ -343,6 +346,67 @@ func (c *Crypter) run(ctx context.Context, v any, m mode, opts []CallOption) (ch
 		}
 	}
 	return len(w.writes) > 0, nil
+}
+
+// maxFlat bounds the fields of a record the flat path handles.
+const maxFlat = 8
+
+// runFlat is run for the common records whose sealed values are all direct
+// string and []byte fields, called without options: the walker and the new
+// values live on the stack, with no pending-write list, no alias check (a
+// field's storage is its own) and no pool round trip. It is all-or-nothing
+// like run.
+func (c *Crypter) runFlat(ctx context.Context, v any, rv reflect.Value, p *plan, encrypt bool) (changed bool, err error) {
+	w := walker{c: c, ctx: ctx, typ: rv.Type(), encrypt: encrypt}
+	if err := w.identify(v, rv, p); err != nil {
+		return false, err
+	}
+	if encrypt {
+		w.dek, err = c.keys.DataKey(ctx, w.zone, w.subject)
+		if err != nil {
+			return false, &FieldError{Op: w.op(), Type: w.typ, Zone: w.zone, Err: err}
+		}
+	}
+	var outS [maxFlat]string
+	var outB [maxFlat][]byte
+	var set [maxFlat]bool
+	fields := p.root.fields
+	for i, f := range fields {
+		fv := rv.Field(f.index)
+		var ok bool
+		if f.node.kind == kString {
+			s := fv.String()
+			if s == "" {
+				continue
+			}
+			outS[i], ok, err = leaf(&w, s, f.node, "", (*envelope.Key).SealString, (*envelope.Key).OpenString)
+		} else {
+			b := fv.Bytes()
+			if len(b) == 0 {
+				continue
+			}
+			outB[i], ok, err = leaf(&w, b, f.node, "", (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+		}
+		if err != nil {
+			return false, err
+		}
+		if ok && !fv.CanSet() {
+			return false, w.fail(f.node, "", "", fmt.Errorf("%w: field is not settable", ErrUnsupportedField))
+		}
+		set[i] = ok
+	}
+	for i, f := range fields {
+		if !set[i] {
+			continue
+		}
+		changed = true
+		if f.node.kind == kString {
+			rv.Field(f.index).SetString(outS[i])
+		} else {
+			rv.Field(f.index).SetBytes(outB[i])
+		}
+	}
+	return changed, nil
 }
 
 // release resets w and returns it to the pool.

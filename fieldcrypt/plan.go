@@ -284,6 +284,7 @@ type plan struct {
 	subjectIdx []int            // index path of the subject field, nil if none
 	indexes    map[string]*node // blind-index fields by path
 	dets       map[string]*node // deterministic leaves by path
+	flat       bool             // every sealed value is a direct string or []byte field (fast path)
 	err        error
 }
 
@@ -340,6 +341,12 @@ func buildPlan(t reflect.Type) *plan {
 	}
 	b.prune()
 	p.root = root
+	p.flat = !p.searchable() && len(root.fields) <= maxFlat
+	for _, f := range root.fields {
+		if k := f.node.kind; k != kString && k != kBytes || f.node.det {
+			p.flat = false
+		}
+	}
 	return p
 }
 
