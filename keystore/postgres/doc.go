@@ -67,8 +67,9 @@
 // partly written.
 //
 // Errors: ErrUnknownKey for a missing row, ErrExists for a unique violation,
-// ErrInvalidValue for a row the tables cannot hold, ErrClosed after Close, and
-// the context's error when ctx ends first. Anything else (connection refused
+// ErrConflict for a rewrap of a row another process changed, ErrInvalidValue
+// for a row the tables cannot hold, ErrClosed after Close, and the context's
+// error when ctx ends first. Anything else (connection refused
 // or lost, server shut down, timeouts of the server) is ErrStore, wrapping the
 // driver's error.
 //
@@ -85,6 +86,18 @@
 // written its row, short of a cancel that reaches the server after the
 // commit. A cancelled call returns within about a second even if the server
 // does not answer.
+//
+// # Rotation
+//
+// Store implements keystore.RotationStore, so the keyring's rotations
+// (RotateKEK, RewrapZoneKeys, RetireKEKBelow, RotateZoneKey, ZoneKeyStatus)
+// run on it. A rewrap is one UPDATE whose WHERE holds the row's key and its
+// previous wrap: of two instances rewrapping a row at once, one updates it
+// and the other gets ErrConflict. A rewrap retried after a lost connection
+// that finds the row already at its new wrap (the first attempt committed)
+// succeeds. ScanDEKs pages through a zone's DEKs by (subject, generation) on
+// the unique index, which rewraps do not change, at most [MaxScanPage] rows a
+// page.
 //
 // # Several instances: the cache bound
 //

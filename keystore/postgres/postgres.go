@@ -89,9 +89,15 @@ type Store struct {
 
 	sqlInsertZoneKey, sqlZoneKey, sqlLatestZoneKey, sqlZoneKeyByID string
 	sqlInsertDEK, sqlDEK, sqlDEKs, sqlLatestDEK                    string
+
+	sqlZoneKeys, sqlUpdateZoneKeyWrap, sqlZoneKeyWrap           string
+	sqlScanDEKs, sqlScanDEKsAfter, sqlUpdateDEKWrap, sqlDEKWrap string
 }
 
-var _ keystore.Store = (*Store)(nil)
+var (
+	_ keystore.Store         = (*Store)(nil)
+	_ keystore.RotationStore = (*Store)(nil)
+)
 
 // Open connects to the database that dsn names, migrates the store's schema
 // if needed (see the package documentation), and returns the store. dsn is a
@@ -197,6 +203,17 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, own bool, o options) (*St
 		sqlDEK:           "SELECT " + dekCols + " FROM " + deks + " WHERE id = $1",
 		sqlDEKs:          "SELECT " + dekCols + " FROM " + deks + " WHERE id = ANY($1)",
 		sqlLatestDEK:     "SELECT " + dekCols + " FROM " + deks + " WHERE zone = $1 AND subject = $2 ORDER BY generation DESC LIMIT 1",
+
+		sqlZoneKeys:          "SELECT " + zkCols + " FROM " + zk + " WHERE zone = $1 ORDER BY version",
+		sqlUpdateZoneKeyWrap: "UPDATE " + zk + " SET wrapped = $4, kek_version = $5 WHERE zone = $1 AND version = $2 AND wrapped = $3",
+		sqlZoneKeyWrap:       "SELECT wrapped, kek_version FROM " + zk + " WHERE zone = $1 AND version = $2",
+		// The scans walk the unique index on (zone, subject, generation),
+		// which rewraps do not change.
+		sqlScanDEKs: "SELECT " + dekCols + " FROM " + deks + " WHERE zone = $1 ORDER BY subject, generation LIMIT $2",
+		sqlScanDEKsAfter: "SELECT " + dekCols + " FROM " + deks +
+			" WHERE zone = $1 AND (subject, generation) > ($2, $3) ORDER BY subject, generation LIMIT $4",
+		sqlUpdateDEKWrap: "UPDATE " + deks + " SET wrapped = $4, zone_key_version = $5 WHERE id = $1 AND zone_key_version = $2 AND wrapped = $3",
+		sqlDEKWrap:       "SELECT wrapped, zone_key_version FROM " + deks + " WHERE id = $1",
 	}
 	applied, err := s.migrate(ctx)
 	if err != nil {
@@ -234,11 +251,8 @@ type querier interface {
 // fail.
 func (s *Store) do(ctx context.Context, op string, fn func(ctx context.Context, q querier, retry bool) error) error {
 	for attempt := 0; ; attempt++ {
-		if s.closed.Load() {
-			return fmt.Errorf("postgres: %s: %w", op, keystore.ErrClosed)
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("postgres: %s: %w", op, err)
+		if err := s.check(ctx, op); err != nil {
+			return err
 		}
 		c, err := s.acquire(ctx, attempt > 0)
 		if err != nil {
@@ -252,6 +266,18 @@ func (s *Store) do(ctx context.Context, op string, fn func(ctx context.Context, 
 		}
 		return s.fail(ctx, op, err)
 	}
+}
+
+// check fails with ErrClosed after Close, or with the context's error when
+// ctx has ended.
+func (s *Store) check(ctx context.Context, op string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("postgres: %s: %w", op, keystore.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("postgres: %s: %w", op, err)
+	}
+	return nil
 }
 
 // acquire takes a connection from the pool. After a lost connection (check)
@@ -283,9 +309,11 @@ const (
 )
 
 // isDefinite reports whether err is an answer about the data (a row is
-// missing, a key is taken, a value is refused), not a failure to get one.
+// missing, a key is taken, a value is refused, a row was changed), not a
+// failure to get one.
 func isDefinite(err error) bool {
-	if errors.Is(err, keystore.ErrUnknownKey) || errors.Is(err, keystore.ErrExists) || errors.Is(err, keystore.ErrInvalidValue) {
+	if errors.Is(err, keystore.ErrUnknownKey) || errors.Is(err, keystore.ErrExists) || errors.Is(err, keystore.ErrInvalidValue) ||
+		errors.Is(err, keystore.ErrConflict) {
 		return true
 	}
 	var pgErr *pgconn.PgError
@@ -308,7 +336,7 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, keystore.ErrUnknownKey), errors.Is(err, keystore.ErrExists), errors.Is(err, keystore.ErrInvalidValue),
-		errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrClosed):
+		errors.Is(err, keystore.ErrConflict), errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrClosed):
 		return err
 	case errors.As(err, &pgErr) && pgErr.Code == sqlstateUniqueViolation:
 		return fmt.Errorf("postgres: %s: %w (constraint %s)", op, keystore.ErrExists, pgErr.ConstraintName)
