@@ -8,7 +8,8 @@
 // This file defines the records they encrypt, a Client over the embedded
 // keystore and a local custodian, and the hot-path cases: each a zonekey
 // operation paired with its floor, the same work done with the standard
-// library alone (see Floor). The guard measures exactly these pairs, so a
+// library alone (see Floor, HMACFloor), or with tink-go's AES-SIV for
+// deterministic encryption (SIVFloor). The guard measures exactly these pairs, so a
 // figure in `go test -bench` output and a ratio printed by the guard are
 // always of the same code.
 package bench
@@ -36,6 +37,30 @@ type OneField struct {
 // OneFieldPath is the field path of OneField.Value, bound into its
 // ciphertext.
 const OneFieldPath = "Value"
+
+// Indexed is OneField with a 16-bit blind index of its value: the record of
+// the search benchmarks.
+type Indexed struct {
+	Subject  string `zonekey:"subject"`
+	Zone     string `zonekey:"zone"`
+	Value    string `zonekey:"encrypt"`
+	ValueIdx string `zonekey:"index=Value,bits=16"`
+}
+
+// IndexedIndex is the path of Indexed's blind-index field, the argument of
+// Client.IndexTerms, and IndexBits its size in bits.
+const (
+	IndexedIndex = "ValueIdx"
+	IndexBits    = 16
+)
+
+// Deterministic is OneField with its value encrypted deterministically
+// (AES-SIV under a per-zone key, bound to its path only).
+type Deterministic struct {
+	Subject string `zonekey:"subject"`
+	Zone    string `zonekey:"zone"`
+	Value   string `zonekey:"encrypt,deterministic"`
+}
 
 // Record is a realistic record: five sensitive fields of 16 to 200 bytes
 // (RecordFields gives their sizes) and three plain ones.
@@ -147,6 +172,8 @@ const (
 	CaseFieldDecrypt  = "field-decrypt"
 	CaseStructEncrypt = "struct-encrypt"
 	CaseStructDecrypt = "struct-decrypt"
+	CaseIndexTerm     = "index-term"
+	CaseDetEncrypt    = "det-encrypt"
 )
 
 // FieldSize is the default plaintext size of the single-field hot-path
@@ -155,9 +182,13 @@ const (
 const FieldSize = 64
 
 // HotPath returns the hot-path cases over c, with the DEK of their subject
-// cached: one field of fieldSize bytes encrypted and decrypted, and a
-// Record encrypted and decrypted. The struct cases' floor is the field
-// floor over the same five values (RecordFields), one after the other.
+// (and the index and deterministic keys of their zone) cached: one field of
+// fieldSize bytes encrypted and decrypted, a Record encrypted and
+// decrypted, the blind-index term of a fieldSize-byte value, and a
+// fieldSize-byte value encrypted deterministically. The struct cases' floor
+// is the field floor over the same five values (RecordFields), one after
+// the other; the index-term case's is HMACFloor, the det-encrypt case's
+// SIVFloor.
 func HotPath(ctx context.Context, c *zonekey.Client, fieldSize int) ([]Case, error) {
 	fe, fd, err := FieldCases(ctx, c, fieldSize)
 	if err != nil {
@@ -167,7 +198,15 @@ func HotPath(ctx context.Context, c *zonekey.Client, fieldSize int) ([]Case, err
 	if err != nil {
 		return nil, err
 	}
-	return []Case{fe, fd, se, sd}, nil
+	it, err := IndexTermCase(ctx, c, fieldSize)
+	if err != nil {
+		return nil, err
+	}
+	de, _, err := DetCases(ctx, c, fieldSize)
+	if err != nil {
+		return nil, err
+	}
+	return []Case{fe, fd, se, sd, it, de}, nil
 }
 
 // FieldCases returns the encrypt and decrypt cases of a OneField record
@@ -269,4 +308,134 @@ func RecordCases(ctx context.Context, c *zonekey.Client) (enc, dec Case, err err
 		Floor: floors.BenchmarkOpen,
 	}
 	return enc, dec, nil
+}
+
+// IndexTermCase returns the case of Client.IndexTerms for a size-byte value
+// of Indexed's blind index (one live key version, cached), against
+// HMACFloor. One op computes one term.
+func IndexTermCase(ctx context.Context, c *zonekey.Client, size int) (Case, error) {
+	value := Text(size, 0)
+	terms, err := c.IndexTerms(ctx, Zone, (*Indexed)(nil), IndexedIndex, value) // creates and caches the key
+	if err != nil {
+		return Case{}, err
+	}
+	r := Indexed{Subject: Subject(0), Zone: Zone, Value: value}
+	if err := c.Encrypt(ctx, &r); err != nil {
+		return Case{}, err
+	}
+	if len(terms) != 1 || r.ValueIdx != terms[0] {
+		return Case{}, fmt.Errorf("bench: index terms %q do not match the stored term %q", terms, r.ValueIdx)
+	}
+	floor := NewHMACFloor(size, IndexBits)
+	if got := floor.Term(); len(got) != len(terms[0]) {
+		return Case{}, fmt.Errorf("bench: HMAC floor writes %q, zonekey %q", got, terms[0])
+	}
+	return Case{
+		Name:   CaseIndexTerm,
+		Fields: 1,
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				if _, err := c.IndexTerms(ctx, Zone, (*Indexed)(nil), IndexedIndex, value); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: floor.Benchmark,
+	}, nil
+}
+
+// DetCases returns the encrypt and decrypt cases of a Deterministic record
+// whose value is size bytes, with its key cached, against SIVFloor.
+func DetCases(ctx context.Context, c *zonekey.Client, size int) (enc, dec Case, err error) {
+	plain := Deterministic{Subject: Subject(0), Zone: Zone, Value: Text(size, 0)}
+	sealed := plain
+	if err := c.Encrypt(ctx, &sealed); err != nil { // creates and caches the key
+		return enc, dec, err
+	}
+	check := sealed
+	if err := c.Decrypt(ctx, &check); err != nil || check.Value != plain.Value {
+		return enc, dec, fmt.Errorf("bench: deterministic round trip failed: %v", err)
+	}
+	floor := NewSIVFloor(size, ADSize(OneFieldPath, ""))
+	if got := len(floor.Seal()); got != len(sealed.Value) {
+		return enc, dec, fmt.Errorf("bench: SIV floor writes %d bytes, zonekey %d", got, len(sealed.Value))
+	}
+	enc = Case{
+		Name:   CaseDetEncrypt,
+		Fields: 1,
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			r := new(Deterministic)
+			*r = plain
+			for b.Loop() {
+				r.Value = plain.Value
+				if err := c.Encrypt(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: floor.BenchmarkSeal,
+	}
+	dec = Case{
+		Name:   "det-decrypt",
+		Fields: 1,
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			r := new(Deterministic)
+			*r = sealed
+			for b.Loop() {
+				r.Value = sealed.Value
+				if err := c.Decrypt(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: floor.BenchmarkOpen,
+	}
+	return enc, dec, nil
+}
+
+// IndexedEncryptCase returns the case of encrypting an Indexed record whose
+// value is size bytes (its value sealed and its term computed, DEK and
+// index key cached), against Floor's seal followed by HMACFloor. One op
+// handles two fields.
+func IndexedEncryptCase(ctx context.Context, c *zonekey.Client, size int) (Case, error) {
+	plain := Indexed{Subject: Subject(0), Zone: Zone, Value: Text(size, 0)}
+	sealed := plain
+	if err := c.Encrypt(ctx, &sealed); err != nil {
+		return Case{}, err
+	}
+	if sealed.ValueIdx == "" {
+		return Case{}, fmt.Errorf("bench: Encrypt left the index field empty")
+	}
+	seal := NewFloor(size, ADSize(OneFieldPath, plain.Subject))
+	mac := NewHMACFloor(size, IndexBits)
+	return Case{
+		Name:   "field-encrypt-indexed",
+		Fields: 2,
+		Run: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			r := new(Indexed)
+			*r = plain
+			for b.Loop() {
+				r.Value, r.ValueIdx = plain.Value, ""
+				if err := c.Encrypt(ctx, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+		Floor: func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				seal.Seal()
+				mac.Term()
+			}
+		},
+	}, nil
 }

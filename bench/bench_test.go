@@ -21,6 +21,11 @@ import (
 // fieldSizes are the plaintext sizes of the single-field benchmarks.
 var fieldSizes = []int{16, 64, 256, 1024}
 
+// searchSizes are the value sizes of the blind-index and deterministic
+// benchmarks: searchable values are short (e-mail addresses, phone numbers,
+// national ids).
+var searchSizes = []int{16, 64, 256}
+
 // tmpRoot holds every keystore the benchmarks make; TestMain removes it.
 var tmpRoot string
 
@@ -338,6 +343,93 @@ func BenchmarkFieldEncryptParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkIndexTerm computes the blind-index term of a value with
+// Client.IndexTerms (Indexed's 16-bit index, one live key version, cached):
+// the query side of a blind-index lookup.
+func BenchmarkIndexTerm(b *testing.B) {
+	c := hotClient(b)
+	for _, n := range searchSizes {
+		it, err := bench.IndexTermCase(context.Background(), c, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(sizeName(n), it.Run)
+	}
+}
+
+// BenchmarkFloorHMAC is the floor of BenchmarkIndexTerm: one reused
+// HMAC-SHA256, truncated and written as zonekey writes a term.
+func BenchmarkFloorHMAC(b *testing.B) {
+	for _, n := range searchSizes {
+		b.Run(sizeName(n), bench.NewHMACFloor(n, bench.IndexBits).Benchmark)
+	}
+}
+
+// BenchmarkFieldEncryptIndexed encrypts an Indexed record: its value sealed
+// and its blind-index term computed, DEK and index key cached. Its floor is
+// BenchmarkFloorSeal plus BenchmarkFloorHMAC, run together as
+// BenchmarkFloorSealHMAC.
+func BenchmarkFieldEncryptIndexed(b *testing.B) {
+	c := hotClient(b)
+	for _, n := range searchSizes {
+		ic, err := bench.IndexedEncryptCase(context.Background(), c, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(sizeName(n), ic.Run)
+	}
+}
+
+// BenchmarkFloorSealHMAC is the floor of BenchmarkFieldEncryptIndexed: a
+// FloorSeal and a FloorHMAC of the same value per op.
+func BenchmarkFloorSealHMAC(b *testing.B) {
+	c := hotClient(b)
+	for _, n := range searchSizes {
+		ic, err := bench.IndexedEncryptCase(context.Background(), c, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(sizeName(n), ic.Floor)
+	}
+}
+
+// BenchmarkFieldEncryptDeterministic encrypts a Deterministic record (one
+// AES-SIV field) with its key cached.
+func BenchmarkFieldEncryptDeterministic(b *testing.B) {
+	c := hotClient(b)
+	for _, n := range searchSizes {
+		enc, _, err := bench.DetCases(context.Background(), c, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(sizeName(n), enc.Run)
+	}
+}
+
+// BenchmarkFieldDecryptDeterministic decrypts a Deterministic record with
+// its key cached.
+func BenchmarkFieldDecryptDeterministic(b *testing.B) {
+	c := hotClient(b)
+	for _, n := range searchSizes {
+		_, dec, err := bench.DetCases(context.Background(), c, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(sizeName(n), dec.Run)
+	}
+}
+
+// BenchmarkFloorSIV is the floor of the deterministic benchmarks: tink-go's
+// AES-SIV with associated data of the same size as zonekey's, and base64url
+// of the same bytes.
+func BenchmarkFloorSIV(b *testing.B) {
+	for _, n := range searchSizes {
+		f := bench.NewSIVFloor(n, bench.ADSize(bench.OneFieldPath, ""))
+		b.Run(sizeName(n)+"/seal", f.BenchmarkSeal)
+		b.Run(sizeName(n)+"/open", f.BenchmarkOpen)
+	}
+}
+
 // TestFloorMatchesEnvelope checks that the floor writes as many bytes as
 // zonekey does for the same value, so that the two are comparable.
 func TestFloorMatchesEnvelope(t *testing.T) {
@@ -360,7 +452,47 @@ func TestHotPathCases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cases) != 4 {
-		t.Fatalf("HotPath returned %d cases, want 4", len(cases))
+	want := []string{bench.CaseFieldEncrypt, bench.CaseFieldDecrypt, bench.CaseStructEncrypt, bench.CaseStructDecrypt,
+		bench.CaseIndexTerm, bench.CaseDetEncrypt}
+	if len(cases) != len(want) {
+		t.Fatalf("HotPath returned %d cases, want %d", len(cases), len(want))
+	}
+	for i, c := range cases {
+		if c.Name != want[i] || c.Fields != 1 && c.Fields != len(bench.RecordFields) || c.Run == nil || c.Floor == nil {
+			t.Errorf("case %d: %+v, want %s", i, c, want[i])
+		}
+	}
+}
+
+// TestSearchFloorsMatch checks that the HMAC and SIV floors write as many
+// bytes as zonekey does for the same value (the index term, the
+// deterministic envelope), and that the HMAC floor allocates nothing.
+func TestSearchFloorsMatch(t *testing.T) {
+	c := hotClient(t)
+	ctx := context.Background()
+	for _, n := range []int{1, 16, 17, 64, 200} {
+		value := bench.Text(n, 0)
+		terms, err := c.IndexTerms(ctx, bench.Zone, bench.Indexed{}, bench.IndexedIndex, value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := bench.NewHMACFloor(n, bench.IndexBits)
+		if got := string(f.Term()); len(terms) != 1 || len(got) != len(terms[0]) || got[:2] != terms[0][:2] {
+			t.Errorf("size %d: floor term %q, zonekey's %q", n, got, terms)
+		}
+		if a := testing.AllocsPerRun(100, func() { f.Term() }); a != 0 {
+			t.Errorf("size %d: HMAC floor allocates %v times per term", n, a)
+		}
+		r := bench.Deterministic{Subject: bench.Subject(0), Zone: bench.Zone, Value: value}
+		if err := c.Encrypt(ctx, &r); err != nil {
+			t.Fatal(err)
+		}
+		sf := bench.NewSIVFloor(n, bench.ADSize(bench.OneFieldPath, ""))
+		if got := len(sf.Seal()); got != len(r.Value) {
+			t.Errorf("size %d: SIV floor output is %d bytes, zonekey's %d", n, got, len(r.Value))
+		}
+		if _, err := sf.Open(); err != nil {
+			t.Errorf("size %d: SIV floor open: %v", n, err)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"strings"
@@ -283,5 +284,41 @@ func TestGuardRejectsSlowedCase(t *testing.T) {
 	}
 	if r.AllocsPerField > 1.05 {
 		t.Errorf("allocs/field = %.2f, want 1 (the floor's output only)", r.AllocsPerField)
+	}
+}
+
+// TestGuardCases checks the cases the guard measures: the four encrypt and
+// decrypt cases, the blind-index term and the deterministic encrypt, each
+// with a floor, and that each case and floor runs.
+func TestGuardCases(t *testing.T) {
+	ctx := context.Background()
+	c, err := bench.Open(ctx, t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cases, err := bench.HotPath(ctx, c, bench.FieldSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range cases {
+		names = append(names, c.Name)
+	}
+	want := []string{"field-encrypt", "field-decrypt", "struct-encrypt", "struct-decrypt", "index-term", "det-encrypt"}
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Fatalf("cases %q, want %q", names, want)
+	}
+	restore, err := setBenchtime(time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restore()
+	for _, c := range cases[4:] {
+		for _, f := range []func(*testing.B){c.Run, c.Floor} {
+			if _, err := run(c.Name, f); err != nil {
+				t.Error(err)
+			}
+		}
 	}
 }
