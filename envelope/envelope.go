@@ -299,21 +299,8 @@ func limits(alg byte) (minLen, maxLen int) {
 // it. It never panics.
 func Parse(bin []byte) (Envelope, error) {
 	var e Envelope
-	if len(bin) < DetOverhead {
-		return e, fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrFormat, len(bin), DetOverhead)
-	}
-	if len(bin) > Overhead+MaxPlaintext {
-		return e, fmt.Errorf("%w: envelope longer than %d bytes", ErrFormat, Overhead+MaxPlaintext)
-	}
-	if err := checkHeader(bin[0], bin[1]); err != nil {
+	if err := checkBinary(bin); err != nil {
 		return e, err
-	}
-	minLen, maxLen := limits(bin[1])
-	if len(bin) < minLen {
-		return e, fmt.Errorf("%w: %d bytes is shorter than the minimum %d of algorithm 0x%02x", ErrFormat, len(bin), minLen, bin[1])
-	}
-	if len(bin) > maxLen {
-		return e, fmt.Errorf("%w: envelope of algorithm 0x%02x longer than %d bytes", ErrFormat, bin[1], maxLen)
 	}
 	e.Version, e.Algorithm = bin[0], bin[1]
 	copy(e.KeyID[:], bin[2:HeaderSize])
@@ -324,6 +311,29 @@ func Parse(bin []byte) (Envelope, error) {
 		e.Ciphertext = bin[HeaderSize:]
 	}
 	return e, nil
+}
+
+// checkBinary is Parse's validation of the binary envelope bin: after it,
+// bin holds a known version and algorithm and a length that algorithm
+// allows.
+func checkBinary(bin []byte) error {
+	if len(bin) < DetOverhead {
+		return fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrFormat, len(bin), DetOverhead)
+	}
+	if len(bin) > Overhead+MaxPlaintext {
+		return fmt.Errorf("%w: envelope longer than %d bytes", ErrFormat, Overhead+MaxPlaintext)
+	}
+	if err := checkHeader(bin[0], bin[1]); err != nil {
+		return err
+	}
+	minLen, maxLen := limits(bin[1])
+	if len(bin) < minLen {
+		return fmt.Errorf("%w: %d bytes is shorter than the minimum %d of algorithm 0x%02x", ErrFormat, len(bin), minLen, bin[1])
+	}
+	if len(bin) > maxLen {
+		return fmt.Errorf("%w: envelope of algorithm 0x%02x longer than %d bytes", ErrFormat, bin[1], maxLen)
+	}
+	return nil
 }
 
 func checkHeader(version, alg byte) error {
@@ -436,18 +446,17 @@ func ParseText[T ~string | ~[]byte](s T) (Envelope, error) {
 // builds the associated data in adBuf and appends the plaintext to dst; the
 // three must not overlap.
 func (k *Key) openInto(dst, adBuf, bin []byte, b Binding) ([]byte, error) {
-	e, err := Parse(bin)
-	if err != nil {
+	if err := checkBinary(bin); err != nil {
 		return nil, err
 	}
 	if err := b.valid(); err != nil {
 		return nil, err
 	}
-	if e.Algorithm != AlgAES256GCM {
-		return nil, fmt.Errorf("%w: envelope is sealed with %s, not with this key's %s", ErrUnknownKey, algName(e.Algorithm), algName(AlgAES256GCM))
+	if bin[1] != AlgAES256GCM {
+		return nil, fmt.Errorf("%w: envelope is sealed with %s, not with this key's %s", ErrUnknownKey, algName(bin[1]), algName(AlgAES256GCM))
 	}
-	if e.KeyID != k.id {
-		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, e.KeyID, k.id)
+	if id := KeyID(bin[2:HeaderSize]); id != k.id {
+		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, id, k.id)
 	}
 	ad := appendAD(adBuf, bin[:HeaderSize], b)
 	pt, err := k.aead.Open(dst, nil, bin[HeaderSize:], ad)
@@ -519,4 +528,71 @@ func (k *Key) OpenString(s string, b Binding) (string, error) {
 // returns the plaintext in a new slice.
 func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
 	return openText(k, s, b, func(p []byte) []byte { return append([]byte(nil), p...) })
+}
+
+// OpenStringFunc opens the text envelope s bound to b like OpenString, under
+// the Key that key returns for the DEK id in its header. It decodes s once:
+// a caller that must look the key up by id does not parse the header first.
+// key is called only once s has decoded to a well-formed AES-256-GCM
+// envelope; an error from it is returned as it is. The Key key returns must
+// have the id it was asked for.
+func OpenStringFunc(s string, b Binding, key func(KeyID) (*Key, error)) (string, error) {
+	return openTextFunc(s, b, key, func(p []byte) string { return string(p) })
+}
+
+// OpenBytesFunc is OpenStringFunc for a text envelope held in bytes; it
+// returns the plaintext in a new slice.
+func OpenBytesFunc(s []byte, b Binding, key func(KeyID) (*Key, error)) ([]byte, error) {
+	return openTextFunc(s, b, key, func(p []byte) []byte { return append([]byte(nil), p...) })
+}
+
+// openTextFunc is openText with the key looked up from the decoded header.
+func openTextFunc[T ~string | ~[]byte, R any](s T, b Binding, key func(KeyID) (*Key, error), conv func([]byte) R) (R, error) {
+	var zero R
+	if err := checkTextLen(len(s)); err != nil {
+		return zero, err
+	}
+	if !IsText(s) {
+		return zero, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
+	}
+	// Scratch layout: binary envelope | associated data | plaintext. The
+	// binding may be invalid (it is checked after the lookup, as Open
+	// does): size the associated data for what appendAD would write.
+	n := b64.DecodedLen(len(s) - len(Prefix))
+	a := adLen(b)
+	sp := getScratch()
+	defer putScratch(sp)
+	if cap(*sp) < 2*n+a {
+		*sp = make([]byte, 0, 2*n+a)
+	}
+	buf := (*sp)[:2*n+a]
+	bin, err := decodeText(buf[:n:n], s)
+	if err != nil {
+		return zero, err
+	}
+	if err := checkBinary(bin); err != nil {
+		return zero, err
+	}
+	if bin[1] != AlgAES256GCM {
+		return zero, fmt.Errorf("%w: envelope is sealed with %s, not with this key's %s", ErrUnknownKey, algName(bin[1]), algName(AlgAES256GCM))
+	}
+	id := KeyID(bin[2:HeaderSize])
+	k, err := key(id)
+	if err != nil {
+		return zero, err
+	}
+	if err := b.valid(); err != nil {
+		return zero, err
+	}
+	if k.id != id {
+		return zero, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, id, k.id)
+	}
+	ad := appendAD(buf[n:n:n+a], bin[:HeaderSize], b)
+	pt, err := k.aead.Open(buf[n+a:n+a], nil, bin[HeaderSize:], ad)
+	if err != nil {
+		return zero, fmt.Errorf("%w: field %q", ErrTampered, b.Path)
+	}
+	r := conv(pt)
+	clear(pt)
+	return r, nil
 }

@@ -379,13 +379,27 @@ func (c *Crypter) runFlat(ctx context.Context, v any, rv reflect.Value, p *plan,
 			if s == "" {
 				continue
 			}
-			outS[i], ok, err = leaf(&w, s, f.node, "", (*envelope.Key).SealString, (*envelope.Key).OpenString)
+			var done bool
+			if !encrypt {
+				outS[i], done, err = openString(&w, s, f.node, "")
+				ok = done
+			}
+			if !done {
+				outS[i], ok, err = leaf(&w, s, f.node, "", (*envelope.Key).SealString, (*envelope.Key).OpenString)
+			}
 		} else {
 			b := fv.Bytes()
 			if len(b) == 0 {
 				continue
 			}
-			outB[i], ok, err = leaf(&w, b, f.node, "", (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+			var done bool
+			if !encrypt {
+				outB[i], done, err = openBytes(&w, b, f.node, "")
+				ok = done
+			}
+			if !done {
+				outB[i], ok, err = leaf(&w, b, f.node, "", (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+			}
 		}
 		if err != nil {
 			return false, err
@@ -627,7 +641,12 @@ func (w *walker) leafString(v reflect.Value, n *node, mapKey string) error {
 	case n.det:
 		out, ok, err = detLeaf(w, s, n, mapKey, (*envelope.DetKey).SealString, (*envelope.DetKey).OpenString)
 	default:
-		out, ok, err = leaf(w, s, n, mapKey, (*envelope.Key).SealString, (*envelope.Key).OpenString)
+		if !w.encrypt {
+			out, ok, err = openString(w, s, n, mapKey)
+		}
+		if !ok {
+			out, ok, err = leaf(w, s, n, mapKey, (*envelope.Key).SealString, (*envelope.Key).OpenString)
+		}
 	}
 	if err != nil || !ok {
 		return err
@@ -653,7 +672,12 @@ func (w *walker) leafBytes(v reflect.Value, n *node, mapKey string) error {
 	case n.det:
 		out, ok, err = detLeaf(w, b, n, mapKey, (*envelope.DetKey).SealBytes, (*envelope.DetKey).OpenBytes)
 	default:
-		out, ok, err = leaf(w, b, n, mapKey, (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+		if !w.encrypt {
+			out, ok, err = openBytes(w, b, n, mapKey)
+		}
+		if !ok {
+			out, ok, err = leaf(w, b, n, mapKey, (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
+		}
 	}
 	if err != nil || !ok {
 		return err
@@ -846,4 +870,61 @@ func (w *walker) aliasError(i, j int) error {
 		return nil
 	}
 	return w.fail(b.node, b.mapKey, "", fmt.Errorf("%w: the value is shared with field %s (aliased pointers, slices or maps cannot be bound to two field paths)", ErrInvalidValue, a.node.path))
+}
+
+// openString is the decrypt leaf of a randomized string value s at n, for
+// the common case of a well-formed envelope: it decodes s once, looks up
+// its DEK and opens it. done is false when s is anything else (plaintext,
+// malformed, deterministic), which leaf then handles, reporting exactly
+// what it always did.
+func openString(w *walker, s string, n *node, mapKey string) (out string, done bool, err error) {
+	if len(s) < minText || !envelope.IsText(s) {
+		return "", false, nil
+	}
+	var dek *keystore.DEK
+	var keyErr error
+	called := false
+	out, err = envelope.OpenStringFunc(s, w.binding(n, mapKey), func(id envelope.KeyID) (*envelope.Key, error) {
+		called = true
+		dek, keyErr = w.keyFor(id)
+		if keyErr != nil {
+			return nil, keyErr
+		}
+		return dek.Key, nil
+	})
+	return out, called, openErr(w, n, mapKey, dek, keyErr, err)
+}
+
+// openBytes is openString for a []byte value.
+func openBytes(w *walker, s []byte, n *node, mapKey string) (out []byte, done bool, err error) {
+	if len(s) < minText || !envelope.IsText(s) {
+		return nil, false, nil
+	}
+	var dek *keystore.DEK
+	var keyErr error
+	called := false
+	out, err = envelope.OpenBytesFunc(s, w.binding(n, mapKey), func(id envelope.KeyID) (*envelope.Key, error) {
+		called = true
+		dek, keyErr = w.keyFor(id)
+		if keyErr != nil {
+			return nil, keyErr
+		}
+		return dek.Key, nil
+	})
+	return out, called, openErr(w, n, mapKey, dek, keyErr, err)
+}
+
+// openErr wraps the error of openString or openBytes as leaf does.
+func openErr(w *walker, n *node, mapKey string, dek *keystore.DEK, keyErr, err error) error {
+	if err == nil {
+		return nil
+	}
+	zone := ""
+	if dek != nil {
+		zone = dek.Zone
+	}
+	if keyErr != nil {
+		err = keyErr
+	}
+	return w.fail(n, mapKey, zone, err)
 }

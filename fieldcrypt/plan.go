@@ -7,8 +7,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // TagName is the struct tag key fieldcrypt reads.
@@ -279,6 +281,7 @@ type field struct {
 
 // plan is everything fieldcrypt knows about one struct type.
 type plan struct {
+	typ        reflect.Type // the record type (set by planFor)
 	root       *node
 	zoneIdx    []int            // index path of the zone field, nil if none
 	subjectIdx []int            // index path of the subject field, nil if none
@@ -312,11 +315,33 @@ var planCache sync.Map // reflect.Type -> *plan
 
 // planFor returns the cached plan of struct type t, building it once.
 func planFor(t reflect.Type) *plan {
-	if p, ok := planCache.Load(t); ok {
-		return p.(*plan)
+	slot := &planSlots[planSlot(t)]
+	if p := slot.Load(); p != nil && p.typ == t {
+		return p
 	}
-	p, _ := planCache.LoadOrStore(t, buildPlan(t))
-	return p.(*plan)
+	var p *plan
+	if v, ok := planCache.Load(t); ok {
+		p = v.(*plan)
+	} else {
+		np := buildPlan(t)
+		np.typ = t
+		v, _ := planCache.LoadOrStore(t, np)
+		p = v.(*plan)
+	}
+	slot.Store(p)
+	return p
+}
+
+// planSlots is a small direct-mapped cache in front of planCache: a hit is
+// one atomic load and a comparison, where a sync.Map lookup hashes the
+// interface. A slot holds the plan of the last type that used it; plans are
+// immutable once published.
+var planSlots [64]atomic.Pointer[plan]
+
+// planSlot picks the slot of t from the address of its type descriptor.
+func planSlot(t reflect.Type) uintptr {
+	a := uintptr((*[2]unsafe.Pointer)(unsafe.Pointer(&t))[1])
+	return (a>>4 ^ a>>10) % uintptr(len(planSlots))
 }
 
 type builder struct {

@@ -3,6 +3,7 @@ package keystore
 import (
 	"container/list"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zonekey/zonekey/envelope"
@@ -19,7 +20,27 @@ type lru struct {
 	ll        *list.List // of *DEK, most recently used first
 	byID      map[envelope.KeyID]*list.Element
 	bySubject map[subjectKey]*list.Element
+	// byName indexes the same entries as bySubject by zone+"\x00"+subject
+	// (zone names hold no NUL): a hit hashes one short string, where a
+	// subjectKey costs a generic two-string hash.
+	byName map[string]*list.Element
+	// hot holds recently hit entries by a few bits of their id, for a hit
+	// without the lock. A slot is only set under the read lock, and
+	// removeLocked (under the write lock) clears it, so it never holds an
+	// entry that has left the cache.
+	hot [hotSlots]atomic.Pointer[list.Element]
 }
+
+const hotSlots = 64
+
+// hotSlot picks the slot of id (ids are random).
+func hotSlot(id *envelope.KeyID) int { return int(id[0]) % hotSlots }
+
+// maxNameKey bounds the zone-and-subject keys current builds on the stack;
+// longer ones are looked up in bySubject.
+const maxNameKey = 128
+
+func nameKey(zone, subject string) string { return zone + "\x00" + subject }
 
 type subjectKey struct{ zone, subject string }
 
@@ -29,22 +50,39 @@ func newLRU(max int) *lru {
 		ll:        list.New(),
 		byID:      make(map[envelope.KeyID]*list.Element, min(max, 1024)),
 		bySubject: make(map[subjectKey]*list.Element, min(max, 1024)),
+		byName:    make(map[string]*list.Element, min(max, 1024)),
 	}
 }
 
 // get returns the cached, unexpired DEK with id, or nil.
 func (c *lru) get(id envelope.KeyID, now time.Time) *DEK {
+	slot := &c.hot[hotSlot(&id)]
+	if e := slot.Load(); e != nil && e.Value.(*DEK).ID() == id {
+		return c.hit(e, now)
+	}
 	c.mu.RLock()
 	e := c.byID[id]
+	if e != nil {
+		slot.Store(e)
+	}
 	c.mu.RUnlock()
 	return c.hit(e, now)
 }
 
 // current returns the cached, unexpired current DEK of (zone, subject).
 func (c *lru) current(zone, subject string, now time.Time) *DEK {
-	c.mu.RLock()
-	e := c.bySubject[subjectKey{zone, subject}]
-	c.mu.RUnlock()
+	var e *list.Element
+	if n := len(zone) + 1 + len(subject); n <= maxNameKey {
+		var buf [maxNameKey]byte
+		k := append(append(append(buf[:0], zone...), 0), subject...)
+		c.mu.RLock()
+		e = c.byName[string(k)] // no allocation: the conversion is only looked up
+		c.mu.RUnlock()
+	} else {
+		c.mu.RLock()
+		e = c.bySubject[subjectKey{zone, subject}]
+		c.mu.RUnlock()
+	}
 	return c.hit(e, now)
 }
 
@@ -80,6 +118,7 @@ func (c *lru) add(d *DEK, isCurrent bool) {
 	c.byID[d.ID()] = e
 	if isCurrent && d.Subject != "" {
 		c.bySubject[subjectKey{d.Zone, d.Subject}] = e
+		c.byName[nameKey(d.Zone, d.Subject)] = e
 	}
 	for c.ll.Len() > c.max {
 		back := c.ll.Back()
@@ -104,9 +143,12 @@ func (c *lru) remove(id envelope.KeyID) {
 func (c *lru) removeLocked(e *list.Element) {
 	d := c.ll.Remove(e).(*DEK)
 	delete(c.byID, d.ID())
+	id := d.ID()
+	c.hot[hotSlot(&id)].CompareAndSwap(e, nil)
 	sk := subjectKey{d.Zone, d.Subject}
 	if c.bySubject[sk] == e {
 		delete(c.bySubject, sk)
+		delete(c.byName, nameKey(d.Zone, d.Subject))
 	}
 }
 
@@ -120,6 +162,10 @@ func (c *lru) purge() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.ll.Init()
+	for i := range c.hot {
+		c.hot[i].Store(nil)
+	}
 	clear(c.byID)
 	clear(c.bySubject)
+	clear(c.byName)
 }
