@@ -68,3 +68,47 @@ func TestKeyManager(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, key, got)
 }
+
+// TestConcurrentRotationsOfOneFile: custodians that share a KEK file (as
+// processes on one host would) serialise their changes through the file
+// lock, so no rotation loses another's new version.
+func TestConcurrentRotationsOfOneFile(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "eu.kek")
+	require.NoError(t, localkms.CreateKEKFile(path))
+	const custodians, rotations = 4, 10
+	got := make(chan uint32, custodians*rotations)
+	errc := make(chan error, custodians)
+	for range custodians {
+		c, err := localkms.Open(path)
+		require.NoError(t, err)
+		defer c.Close()
+		go func() {
+			for range rotations {
+				v, err := c.Rotate(ctx)
+				if err != nil {
+					errc <- err
+					return
+				}
+				got <- v
+			}
+			errc <- nil
+		}()
+	}
+	for range custodians {
+		require.NoError(t, <-errc)
+	}
+	close(got)
+	seen := map[uint32]bool{}
+	for v := range got {
+		require.False(t, seen[v], "version %d was handed out twice", v)
+		seen[v] = true
+	}
+	c, err := localkms.Open(path)
+	require.NoError(t, err)
+	defer c.Close()
+	require.Len(t, c.Versions(), 1+custodians*rotations, "every rotation's version is in the file")
+	for v := range seen {
+		require.Contains(t, c.Versions(), v)
+	}
+}

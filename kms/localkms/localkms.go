@@ -54,12 +54,13 @@
 //
 // # Concurrency
 //
-// A Custodian is safe for concurrent use. Rotate and DestroyBelow re-read the
-// file, change it and replace it atomically while holding the custodian's
-// lock, so several Custodians of one file in one process stay correct, though
-// each sees versions added by another only after its own next Rotate or
-// DestroyBelow, or after reopening. Rotation of one file by two processes at
-// the same time is not supported: one of the two changes may be lost.
+// A Custodian is safe for concurrent use. Rotate, RetireBelow and
+// DestroyBelow re-read the file, change it and replace it atomically while
+// holding an advisory lock on a ".lock" file beside it (flock, on Unix), so
+// Custodians of one file in one or several processes never lose each other's
+// changes, though each sees versions added by another only after its own next
+// change, or after reopening. Where the system has no flock, concurrent
+// changes by several processes are not supported.
 package localkms
 
 import (
@@ -416,6 +417,11 @@ func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
 	if c.ring == nil {
 		return 0, c.closedError("rotate")
 	}
+	unlock, err := c.lockFile()
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	doc, err := readKEKFile(c.path)
 	if err != nil {
 		return 0, err
@@ -456,6 +462,11 @@ func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
 	if c.ring == nil {
 		return c.closedError("destroy versions")
 	}
+	unlock, err := c.lockFile()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	doc, err := readKEKFile(c.path)
 	if err != nil {
 		return err
@@ -480,6 +491,21 @@ func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
 	}
 	doc.Versions = doc.Versions[keep:]
 	return c.replace(doc)
+}
+
+// lockFile takes the cross-process lock of the KEK file (a ".lock" file
+// beside the file a symbolic link points to), held while the file is read,
+// changed and replaced.
+func (c *Custodian) lockFile() (func(), error) {
+	target, err := filepath.EvalSymlinks(c.path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: localkms: KEK file %s: %v", kms.ErrConfig, c.path, err)
+	}
+	unlock, err := lockPath(target + ".lock")
+	if err != nil {
+		return nil, fmt.Errorf("%w: localkms: locking KEK file %s: %v", kms.ErrConfig, target, err)
+	}
+	return unlock, nil
 }
 
 // replace writes doc over the KEK file and makes it the custodian's state.
@@ -790,6 +816,11 @@ func (c *Custodian) RetireBelow(ctx context.Context, v uint32) error {
 	if c.ring == nil {
 		return c.closedError("retire versions")
 	}
+	unlock, err := c.lockFile()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	doc, err := readKEKFile(c.path)
 	if err != nil {
 		return err

@@ -521,7 +521,9 @@ func TestRotateAndDestroy(t *testing.T) {
 
 	entries, err := os.ReadDir(filepath.Dir(path))
 	require.NoError(t, err)
-	require.Len(t, entries, 1, "temporary files left behind")
+	// The KEK file and its lock file, nothing else.
+	require.Len(t, entries, 2, "temporary files left behind: %v", entries)
+	require.True(t, strings.HasSuffix(entries[1].Name(), ".lock"), "%v", entries)
 }
 
 func TestReopenAfterRotation(t *testing.T) {
@@ -623,7 +625,9 @@ func TestRotateThroughSymlink(t *testing.T) {
 	require.Len(t, readFileJSON(t, target).Versions, 2)
 	entries, err := os.ReadDir(filepath.Dir(target))
 	require.NoError(t, err)
-	require.Len(t, entries, 1, "temporary files left behind")
+	// The KEK file and its lock file, nothing else.
+	require.Len(t, entries, 2, "temporary files left behind: %v", entries)
+	require.True(t, strings.HasSuffix(entries[1].Name(), ".lock"), "%v", entries)
 }
 
 func FuzzUnwrap(f *testing.F) {
