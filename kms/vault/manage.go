@@ -91,30 +91,7 @@ func (c *Custodian) Rewrap(ctx context.Context, w kms.Wrapped, b kms.Binding) (k
 	if err := checkWrapped(w, b); err != nil {
 		return kms.Wrapped{}, fmt.Errorf("%w: vault: rewrap %v: %v", kms.ErrTampered, b, err)
 	}
-	var nw kms.Wrapped
-	err := c.withToken(ctx, op, func(tok string) error {
-		if err := c.ensureKey(ctx, tok); err != nil {
-			return err
-		}
-		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("rewrap"),
-			transitItem{Ciphertext: string(w.Ciphertext), Context: derivationContext(b)}, retryTransient)
-		if err != nil {
-			return err
-		}
-		defer clear(resp.body)
-		var out struct {
-			Data *transitResult `json:"data"`
-		}
-		if err := json.Unmarshal(resp.body, &out); err != nil || out.Data == nil {
-			return c.badAnswer(op, resp.status)
-		}
-		nw, err = c.wrappedFrom(op, *out.Data)
-		return err
-	})
-	if err != nil {
-		return kms.Wrapped{}, err
-	}
-	return nw, nil
+	return c.wrapAt(ctx, op, "rewrap", transitItem{Ciphertext: string(w.Ciphertext), Context: derivationContext(b)})
 }
 
 // KEKVersions returns the key's min_decryption_version (the oldest version

@@ -101,13 +101,18 @@ func (c *Custodian) Wrap(ctx context.Context, key []byte, b kms.Binding) (kms.Wr
 	if err := b.Validate(); err != nil {
 		return kms.Wrapped{}, fmt.Errorf("vault: wrap: %w", err)
 	}
+	return c.wrapAt(ctx, op, "encrypt", transitItem{Plaintext: key, Context: derivationContext(b)})
+}
+
+// wrapAt sends item to the transit endpoint (encrypt or rewrap) of the key
+// and returns the ciphertext Vault answers with.
+func (c *Custodian) wrapAt(ctx context.Context, op, endpoint string, item transitItem) (kms.Wrapped, error) {
 	var w kms.Wrapped
 	err := c.withToken(ctx, op, func(tok string) error {
 		if err := c.ensureKey(ctx, tok); err != nil {
 			return err
 		}
-		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("encrypt"),
-			transitItem{Plaintext: key, Context: derivationContext(b)}, retryTransient)
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath(endpoint), item, retryTransient)
 		if err != nil {
 			return err
 		}
