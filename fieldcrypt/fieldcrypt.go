@@ -379,27 +379,13 @@ func (c *Crypter) runFlat(ctx context.Context, v any, rv reflect.Value, p *plan,
 			if s == "" {
 				continue
 			}
-			var done bool
-			if !encrypt {
-				outS[i], done, err = openString(&w, s, f.node, "")
-				ok = done
-			}
-			if !done {
-				outS[i], ok, err = leaf(&w, s, f.node, "", (*envelope.Key).SealString, (*envelope.Key).OpenString)
-			}
+			outS[i], ok, err = sealedValue(&w, s, f.node, "", &stringOps)
 		} else {
 			b := fv.Bytes()
 			if len(b) == 0 {
 				continue
 			}
-			var done bool
-			if !encrypt {
-				outB[i], done, err = openBytes(&w, b, f.node, "")
-				ok = done
-			}
-			if !done {
-				outB[i], ok, err = leaf(&w, b, f.node, "", (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
-			}
+			outB[i], ok, err = sealedValue(&w, b, f.node, "", &bytesOps)
 		}
 		if err != nil {
 			return false, err
@@ -632,22 +618,7 @@ func (w *walker) leafString(v reflect.Value, n *node, mapKey string) error {
 	if s == "" {
 		return nil
 	}
-	var out string
-	var ok bool
-	var err error
-	switch {
-	case w.blank:
-		ok = n.det // out is ""
-	case n.det:
-		out, ok, err = detLeaf(w, s, n, mapKey, (*envelope.DetKey).SealString, (*envelope.DetKey).OpenString)
-	default:
-		if !w.encrypt {
-			out, ok, err = openString(w, s, n, mapKey)
-		}
-		if !ok {
-			out, ok, err = leaf(w, s, n, mapKey, (*envelope.Key).SealString, (*envelope.Key).OpenString)
-		}
-	}
+	out, ok, err := value(w, s, n, mapKey, &stringOps)
 	if err != nil || !ok {
 		return err
 	}
@@ -663,22 +634,7 @@ func (w *walker) leafBytes(v reflect.Value, n *node, mapKey string) error {
 	if len(b) == 0 {
 		return nil
 	}
-	var out []byte
-	var ok bool
-	var err error
-	switch {
-	case w.blank:
-		ok = n.det // out is nil
-	case n.det:
-		out, ok, err = detLeaf(w, b, n, mapKey, (*envelope.DetKey).SealBytes, (*envelope.DetKey).OpenBytes)
-	default:
-		if !w.encrypt {
-			out, ok, err = openBytes(w, b, n, mapKey)
-		}
-		if !ok {
-			out, ok, err = leaf(w, b, n, mapKey, (*envelope.Key).SealBytes, (*envelope.Key).OpenBytes)
-		}
-	}
+	out, ok, err := value(w, b, n, mapKey, &bytesOps)
 	if err != nil || !ok {
 		return err
 	}
@@ -872,49 +828,84 @@ func (w *walker) aliasError(i, j int) error {
 	return w.fail(b.node, b.mapKey, "", fmt.Errorf("%w: the value is shared with field %s (aliased pointers, slices or maps cannot be bound to two field paths)", ErrInvalidValue, a.node.path))
 }
 
-// openString is the decrypt leaf of a randomized string value s at n, for
-// the common case of a well-formed envelope: it decodes s once, looks up
-// its DEK and opens it. done is false when s is anything else (plaintext,
-// malformed, deterministic), which leaf then handles, reporting exactly
-// what it always did.
-func openString(w *walker, s string, n *node, mapKey string) (out string, done bool, err error) {
+// valueOps are the envelope operations on one kind of value, string or
+// []byte, so that one generic walk serves both.
+type valueOps[T string | []byte] struct {
+	seal, open       func(*envelope.Key, T, envelope.Binding) (T, error)
+	detSeal, detOpen func(*envelope.DetKey, T, envelope.Binding) (T, error)
+}
+
+var (
+	stringOps = valueOps[string]{
+		seal: (*envelope.Key).SealString, open: (*envelope.Key).OpenString,
+		detSeal: (*envelope.DetKey).SealString, detOpen: (*envelope.DetKey).OpenString,
+	}
+	bytesOps = valueOps[[]byte]{
+		seal: (*envelope.Key).SealBytes, open: (*envelope.Key).OpenBytes,
+		detSeal: (*envelope.DetKey).SealBytes, detOpen: (*envelope.DetKey).OpenBytes,
+	}
+)
+
+// value computes the new value of one non-empty value s at n in the
+// walker's mode; ok is false when it is to stay as it is.
+func value[T string | []byte](w *walker, s T, n *node, mapKey string, ops *valueOps[T]) (out T, ok bool, err error) {
+	switch {
+	case w.blank:
+		return out, n.det, nil // deterministic values are emptied
+	case n.det:
+		return detLeaf(w, s, n, mapKey, ops.detSeal, ops.detOpen)
+	}
+	return sealedValue(w, s, n, mapKey, ops)
+}
+
+// sealedValue is value for a randomized field. Decrypt first tries to open
+// s decoding it once; anything that is not a well-formed AES-GCM envelope
+// goes through leaf, which tells why.
+func sealedValue[T string | []byte](w *walker, s T, n *node, mapKey string, ops *valueOps[T]) (out T, ok bool, err error) {
+	if !w.encrypt {
+		if out, done, err := openOnce(w, s, n, mapKey); done {
+			return out, true, err
+		}
+	}
+	return leaf(w, s, n, mapKey, ops.seal, ops.open)
+}
+
+// openOnce is the decrypt leaf of a randomized value s at n, for
+// well-formed AES-GCM envelopes: it decodes s once and looks the DEK up by
+// the id in the decoded header. done is false when s was not opened or
+// refused here (not an envelope of that shape); the caller then takes the
+// general path, which reports the same errors as before.
+func openOnce[T string | []byte](w *walker, s T, n *node, mapKey string) (out T, done bool, err error) {
 	if len(s) < minText || !envelope.IsText(s) {
-		return "", false, nil
+		return out, false, nil
 	}
 	var dek *keystore.DEK
 	var keyErr error
 	called := false
-	out, err = envelope.OpenStringFunc(s, w.binding(n, mapKey), func(id envelope.KeyID) (*envelope.Key, error) {
+	key := func(id envelope.KeyID) (*envelope.Key, error) {
 		called = true
 		dek, keyErr = w.keyFor(id)
 		if keyErr != nil {
 			return nil, keyErr
 		}
 		return dek.Key, nil
-	})
-	return out, called, openErr(w, n, mapKey, dek, keyErr, err)
-}
-
-// openBytes is openString for a []byte value.
-func openBytes(w *walker, s []byte, n *node, mapKey string) (out []byte, done bool, err error) {
-	if len(s) < minText || !envelope.IsText(s) {
-		return nil, false, nil
 	}
-	var dek *keystore.DEK
-	var keyErr error
-	called := false
-	out, err = envelope.OpenBytesFunc(s, w.binding(n, mapKey), func(id envelope.KeyID) (*envelope.Key, error) {
-		called = true
-		dek, keyErr = w.keyFor(id)
-		if keyErr != nil {
-			return nil, keyErr
-		}
-		return dek.Key, nil
-	})
+	// Called directly, not through a function value, so that the
+	// callback does not escape to the heap.
+	switch v := any(s).(type) {
+	case string:
+		var o string
+		o, err = envelope.OpenStringFunc(v, w.binding(n, mapKey), key)
+		out = T(o)
+	case []byte:
+		var o []byte
+		o, err = envelope.OpenBytesFunc(v, w.binding(n, mapKey), key)
+		out = T(o)
+	}
 	return out, called, openErr(w, n, mapKey, dek, keyErr, err)
 }
 
-// openErr wraps the error of openString or openBytes as leaf does.
+// openErr wraps the error of openOnce as leaf does.
 func openErr(w *walker, n *node, mapKey string, dek *keystore.DEK, keyErr, err error) error {
 	if err == nil {
 		return nil
