@@ -409,42 +409,52 @@ func (c *Custodian) Versions() []uint32 {
 // before the change and replaced atomically; the custodian then holds what
 // the file holds. It returns the new version.
 func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
-	if err := ctx.Err(); err != nil {
+	var next uint32
+	err := c.change(ctx, "rotate", func(doc *kekFile) error {
+		last := doc.Versions[len(doc.Versions)-1].Version
+		switch {
+		case last == math.MaxUint32:
+			return fmt.Errorf("%w: localkms: rotate %s: KEK version numbers exhausted", kms.ErrConfig, c.path)
+		case len(doc.Versions) >= maxVersions:
+			return fmt.Errorf("%w: localkms: rotate %s: the file holds %d versions, the most allowed; destroy old versions first",
+				kms.ErrConfig, c.path, len(doc.Versions))
+		}
+		key := make([]byte, kekSize)
+		rand.Read(key)
+		next = last + 1
+		doc.Versions = append(doc.Versions, kekVersion{Version: next, Key: key, Created: now()})
+		doc.Primary = next
+		return c.replace(doc)
+	})
+	if err != nil {
 		return 0, err
+	}
+	return next, nil
+}
+
+// change runs fn on the KEK file's content under the custodian's lock and
+// the file's cross-process lock, after checking ctx and that the custodian
+// is open. fn replaces the file (c.replace) if it changes anything.
+func (c *Custodian) change(ctx context.Context, op string, fn func(doc *kekFile) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ring == nil {
-		return 0, c.closedError("rotate")
+		return c.closedError(op)
 	}
 	unlock, err := c.lockFile()
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer unlock()
 	doc, err := readKEKFile(c.path)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer doc.wipe()
-
-	last := doc.Versions[len(doc.Versions)-1].Version
-	switch {
-	case last == math.MaxUint32:
-		return 0, fmt.Errorf("%w: localkms: rotate %s: KEK version numbers exhausted", kms.ErrConfig, c.path)
-	case len(doc.Versions) >= maxVersions:
-		return 0, fmt.Errorf("%w: localkms: rotate %s: the file holds %d versions, the most allowed; destroy old versions first",
-			kms.ErrConfig, c.path, len(doc.Versions))
-	}
-	key := make([]byte, kekSize)
-	rand.Read(key)
-	next := last + 1
-	doc.Versions = append(doc.Versions, kekVersion{Version: next, Key: key, Created: now()})
-	doc.Primary = next
-	if err := c.replace(doc); err != nil {
-		return 0, err
-	}
-	return next, nil
+	return fn(doc)
 }
 
 // DestroyBelow removes every KEK version lower than v from the file. Keys
@@ -454,43 +464,27 @@ func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
 // If no version is below v the file is left as it is. See the package
 // documentation for what removal from the file does and does not erase.
 func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ring == nil {
-		return c.closedError("destroy versions")
-	}
-	unlock, err := c.lockFile()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	doc, err := readKEKFile(c.path)
-	if err != nil {
-		return err
-	}
-	defer doc.wipe()
-	if v > doc.Primary {
-		return fmt.Errorf("%w: localkms: destroy KEK versions below %d in %s: that would destroy the primary version %d",
-			errs.InvalidValue, v, c.path, doc.Primary)
-	}
-	keep := slices.IndexFunc(doc.Versions, func(kv kekVersion) bool { return kv.Version >= v })
-	if keep <= 0 {
-		// Nothing to remove; still take up what the file holds now.
-		ring, err := doc.keyring()
-		if err != nil {
-			return err
+	return c.change(ctx, "destroy versions", func(doc *kekFile) error {
+		if v > doc.Primary {
+			return fmt.Errorf("%w: localkms: destroy KEK versions below %d in %s: that would destroy the primary version %d",
+				errs.InvalidValue, v, c.path, doc.Primary)
 		}
-		c.ring = ring
-		return nil
-	}
-	for i := range doc.Versions[:keep] {
-		clear(doc.Versions[i].Key)
-	}
-	doc.Versions = doc.Versions[keep:]
-	return c.replace(doc)
+		keep := slices.IndexFunc(doc.Versions, func(kv kekVersion) bool { return kv.Version >= v })
+		if keep <= 0 {
+			// Nothing to remove; still take up what the file holds now.
+			ring, err := doc.keyring()
+			if err != nil {
+				return err
+			}
+			c.ring = ring
+			return nil
+		}
+		for i := range doc.Versions[:keep] {
+			clear(doc.Versions[i].Key)
+		}
+		doc.Versions = doc.Versions[keep:]
+		return c.replace(doc)
+	})
 }
 
 // lockFile takes the cross-process lock of the KEK file (a ".lock" file
@@ -808,28 +802,12 @@ func (c *Custodian) KEKVersions(ctx context.Context) (minLive, primary uint32, e
 // in the file; a later call may lower it again. v must not exceed the
 // primary version.
 func (c *Custodian) RetireBelow(ctx context.Context, v uint32) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ring == nil {
-		return c.closedError("retire versions")
-	}
-	unlock, err := c.lockFile()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	doc, err := readKEKFile(c.path)
-	if err != nil {
-		return err
-	}
-	defer doc.wipe()
-	if v > doc.Primary {
-		return fmt.Errorf("%w: localkms: retire KEK versions below %d in %s: that would retire the primary version %d",
-			errs.InvalidValue, v, c.path, doc.Primary)
-	}
-	doc.MinDecrypt = v
-	return c.replace(doc)
+	return c.change(ctx, "retire versions", func(doc *kekFile) error {
+		if v > doc.Primary {
+			return fmt.Errorf("%w: localkms: retire KEK versions below %d in %s: that would retire the primary version %d",
+				errs.InvalidValue, v, c.path, doc.Primary)
+		}
+		doc.MinDecrypt = v
+		return c.replace(doc)
+	})
 }
