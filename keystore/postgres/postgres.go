@@ -354,6 +354,24 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 // scanner is a pgx.Row or pgx.Rows.
 type scanner interface{ Scan(dest ...any) error }
 
+// queryRows runs a query and scans every row it returns with scan.
+func queryRows[T any](ctx context.Context, q querier, scan func(scanner) (T, error), sql string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		row, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, row)
+	}
+	return out, rows.Err()
+}
+
 func toUint32(what string, v int64) (uint32, error) {
 	if v < 0 || v > math.MaxUint32 {
 		return 0, fmt.Errorf("%w: postgres: corrupt row: %s %d is out of range", keystore.ErrStore, what, v)
@@ -517,20 +535,9 @@ func (s *Store) DEKs(ctx context.Context, ids []envelope.KeyID) ([]keystore.DEKR
 	}
 	var out []keystore.DEKRow
 	err := s.do(ctx, fmt.Sprintf("reading %d DEKs", len(ids)), func(ctx context.Context, q querier, _ bool) error {
-		out = out[:0]
-		rows, err := q.Query(ctx, s.sqlDEKs, arg)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			row, err := scanDEK(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, row)
-		}
-		return rows.Err()
+		var err error
+		out, err = queryRows(ctx, q, scanDEK, s.sqlDEKs, arg)
+		return err
 	})
 	if err != nil {
 		return nil, err

@@ -23,20 +23,9 @@ const MaxScanPage = 10000
 func (s *Store) ZoneKeys(ctx context.Context, zone string) ([]keystore.ZoneKeyRow, error) {
 	out := []keystore.ZoneKeyRow{}
 	err := s.do(ctx, fmt.Sprintf("reading the keys of zone %q", zone), func(ctx context.Context, q querier, _ bool) error {
-		out = out[:0]
-		rows, err := q.Query(ctx, s.sqlZoneKeys, bs(zone))
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			row, err := scanZoneKey(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, row)
-		}
-		return rows.Err()
+		rows, err := queryRows(ctx, q, scanZoneKey, s.sqlZoneKeys, bs(zone))
+		out = append(out[:0], rows...)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -154,29 +143,14 @@ func (s *Store) ScanDEKs(ctx context.Context, zone string, cursor string, limit 
 	page := min(limit, MaxScanPage)
 	var out []keystore.DEKRow
 	err := s.do(ctx, op, func(ctx context.Context, q querier, _ bool) error {
-		out = out[:0]
-		var (
-			rows pgx.Rows
-			err  error
-		)
+		var err error
 		// One row more than the page tells whether there is a next one.
 		if after == nil {
-			rows, err = q.Query(ctx, s.sqlScanDEKs, bs(zone), int64(page+1))
+			out, err = queryRows(ctx, q, scanDEK, s.sqlScanDEKs, bs(zone), int64(page+1))
 		} else {
-			rows, err = q.Query(ctx, s.sqlScanDEKsAfter, bs(zone), after, int64(afterGen), int64(page+1))
+			out, err = queryRows(ctx, q, scanDEK, s.sqlScanDEKsAfter, bs(zone), after, int64(afterGen), int64(page+1))
 		}
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			row, err := scanDEK(rows)
-			if err != nil {
-				return err
-			}
-			out = append(out, row)
-		}
-		return rows.Err()
+		return err
 	})
 	if err != nil {
 		return nil, "", err
