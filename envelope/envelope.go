@@ -483,39 +483,10 @@ func (k *Key) Open(bin []byte, b Binding) ([]byte, error) {
 	return k.openInto(nil, (*sp)[:0], bin, b)
 }
 
-// openText decodes and opens s using pooled scratch, and hands the
+// openText decodes and opens s under k using pooled scratch, and hands the
 // plaintext to conv, whose result must not alias it.
 func openText[T ~string | ~[]byte, R any](k *Key, s T, b Binding, conv func([]byte) R) (R, error) {
-	var zero R
-	if err := checkTextLen(len(s)); err != nil {
-		return zero, err
-	}
-	if !IsText(s) {
-		return zero, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
-	}
-	if err := b.valid(); err != nil {
-		return zero, err
-	}
-	// Scratch layout: binary envelope | associated data | plaintext.
-	n := b64.DecodedLen(len(s) - len(Prefix))
-	a := adLen(b)
-	sp := getScratch()
-	defer putScratch(sp)
-	if cap(*sp) < 2*n+a {
-		*sp = make([]byte, 0, 2*n+a)
-	}
-	buf := (*sp)[:2*n+a]
-	bin, err := decodeText(buf[:n:n], s)
-	if err != nil {
-		return zero, err
-	}
-	pt, err := k.openInto(buf[n+a:n+a], buf[n:n:n+a], bin, b)
-	if err != nil {
-		return zero, err
-	}
-	r := conv(pt)
-	clear(pt)
-	return r, nil
+	return openTextFunc(s, b, func(KeyID) (*Key, error) { return k, nil }, conv)
 }
 
 // OpenString authenticates and decrypts the text envelope s bound to b and
