@@ -15,15 +15,14 @@ import (
 // last considered is moved to the front once instead of evicted, which
 // keeps recently used DEKs as LRU would without reordering on every hit.
 type lru struct {
-	mu        sync.RWMutex
-	max       int
-	ll        *list.List // of *DEK, most recently used first
-	byID      map[envelope.KeyID]*list.Element
-	bySubject map[subjectKey]*list.Element
-	// byName indexes the same entries as bySubject by zone+"\x00"+subject
-	// (zone names hold no NUL): a hit hashes one short string, where a
-	// subjectKey costs a generic two-string hash.
-	byName map[string]*list.Element
+	mu   sync.RWMutex
+	max  int
+	ll   *list.List // of *DEK, most recently used first
+	byID map[envelope.KeyID]*list.Element
+	// bySubject indexes the current DEK of each subject by
+	// zone+"\x00"+subject (zone names hold no NUL): a hit hashes one short
+	// string built on the stack.
+	bySubject map[string]*list.Element
 	// hot holds recently hit entries by a few bits of their id, for a hit
 	// without the lock. A slot is only set under the read lock, and
 	// removeLocked (under the write lock) clears it, so it never holds an
@@ -37,20 +36,17 @@ const hotSlots = 64
 func hotSlot(id *envelope.KeyID) int { return int(id[0]) % hotSlots }
 
 // maxNameKey bounds the zone-and-subject keys current builds on the stack;
-// longer ones are looked up in bySubject.
+// longer ones cost an allocation.
 const maxNameKey = 128
 
 func nameKey(zone, subject string) string { return zone + "\x00" + subject }
-
-type subjectKey struct{ zone, subject string }
 
 func newLRU(max int) *lru {
 	return &lru{
 		max:       max,
 		ll:        list.New(),
 		byID:      make(map[envelope.KeyID]*list.Element, min(max, 1024)),
-		bySubject: make(map[subjectKey]*list.Element, min(max, 1024)),
-		byName:    make(map[string]*list.Element, min(max, 1024)),
+		bySubject: make(map[string]*list.Element, min(max, 1024)),
 	}
 }
 
@@ -71,18 +67,11 @@ func (c *lru) get(id envelope.KeyID, now time.Time) *DEK {
 
 // current returns the cached, unexpired current DEK of (zone, subject).
 func (c *lru) current(zone, subject string, now time.Time) *DEK {
-	var e *list.Element
-	if n := len(zone) + 1 + len(subject); n <= maxNameKey {
-		var buf [maxNameKey]byte
-		k := append(append(append(buf[:0], zone...), 0), subject...)
-		c.mu.RLock()
-		e = c.byName[string(k)] // no allocation: the conversion is only looked up
-		c.mu.RUnlock()
-	} else {
-		c.mu.RLock()
-		e = c.bySubject[subjectKey{zone, subject}]
-		c.mu.RUnlock()
-	}
+	var buf [maxNameKey]byte
+	k := append(append(append(buf[:0], zone...), 0), subject...)
+	c.mu.RLock()
+	e := c.bySubject[string(k)] // no allocation: the conversion is only looked up
+	c.mu.RUnlock()
 	return c.hit(e, now)
 }
 
@@ -117,8 +106,7 @@ func (c *lru) add(d *DEK, isCurrent bool) {
 	e := c.ll.PushFront(d)
 	c.byID[d.ID()] = e
 	if isCurrent && d.Subject != "" {
-		c.bySubject[subjectKey{d.Zone, d.Subject}] = e
-		c.byName[nameKey(d.Zone, d.Subject)] = e
+		c.bySubject[nameKey(d.Zone, d.Subject)] = e
 	}
 	for c.ll.Len() > c.max {
 		back := c.ll.Back()
@@ -145,10 +133,9 @@ func (c *lru) removeLocked(e *list.Element) {
 	delete(c.byID, d.ID())
 	id := d.ID()
 	c.hot[hotSlot(&id)].CompareAndSwap(e, nil)
-	sk := subjectKey{d.Zone, d.Subject}
+	sk := nameKey(d.Zone, d.Subject)
 	if c.bySubject[sk] == e {
 		delete(c.bySubject, sk)
-		delete(c.byName, nameKey(d.Zone, d.Subject))
 	}
 }
 
@@ -167,5 +154,4 @@ func (c *lru) purge() {
 	}
 	clear(c.byID)
 	clear(c.bySubject)
-	clear(c.byName)
 }

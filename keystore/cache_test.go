@@ -29,7 +29,7 @@ func requireConsistent(t *testing.T, c *lru) {
 	for sk, e := range c.bySubject {
 		d := e.Value.(*DEK)
 		require.Same(t, e, c.byID[d.ID()], "subject index names an evicted entry")
-		require.Equal(t, subjectKey{d.Zone, d.Subject}, sk)
+		require.Equal(t, nameKey(d.Zone, d.Subject), sk)
 	}
 }
 
