@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/zonekey/zonekey/envelope"
@@ -32,10 +33,22 @@ type DEKRow struct {
 	Zone           string         // custody zone
 	Subject        string         // data subject, or "" for a zone's rolling DEK
 	Generation     uint32         // 1, 2, ... per (zone, subject)
-	ZoneKeyVersion uint32         // version of the zone key that wraps it
-	Wrapped        []byte         // nonce || AES-256-GCM ciphertext of the DEK
+	ZoneKeyVersion uint32         // version of the zone key that wraps it; 0 while pending adoption
+	Wrapped        []byte         // nonce || AES-256-GCM ciphertext of the DEK, or the custodian's ciphertext while pending
 	Created        time.Time      // creation time (UTC)
+	// KEKVersion is 0 for a DEK wrapped by a zone key. A DEK moved into
+	// the zone from another one is first wrapped directly by the zone's
+	// KEK at its custodian (the process that moved it may not hold the
+	// zone's key): ZoneKeyVersion is then 0, Wrapped is the custodian's
+	// ciphertext and KEKVersion the KEK version that made it, until a
+	// process of the zone adopts the DEK under its zone key
+	// (UpdateDEKWrap). Exactly one of ZoneKeyVersion and KEKVersion is
+	// non-zero.
+	KEKVersion uint32
 }
+
+// Pending reports whether the DEK awaits adoption under its zone's key.
+func (r DEKRow) Pending() bool { return r.ZoneKeyVersion == 0 && r.KEKVersion != 0 }
 
 // Store persists zone-key and DEK rows. It holds only wrapped key material;
 // a Store's content alone opens nothing.
@@ -114,9 +127,135 @@ type RotationStore interface {
 	// cursor the store cannot have returned, is ErrInvalidValue.
 	ScanDEKs(ctx context.Context, zone string, cursor string, limit int) (rows []DEKRow, next string, err error)
 	// UpdateDEKWrap sets the Wrapped and ZoneKeyVersion of the DEK id to
-	// wrapped and zoneKeyVersion if its stored ZoneKeyVersion equals
-	// prevZoneKeyVersion and its Wrapped equals prevWrapped; otherwise it
-	// fails with ErrConflict. A missing row is ErrUnknownKey;
-	// zoneKeyVersion 0, or an empty wrapped, is ErrInvalidValue.
+	// wrapped and zoneKeyVersion, and its KEKVersion to 0, if its stored
+	// ZoneKeyVersion equals prevZoneKeyVersion and its Wrapped equals
+	// prevWrapped; otherwise it fails with ErrConflict. A pending row
+	// (prevZoneKeyVersion 0) is adopted this way. A missing row is
+	// ErrUnknownKey; zoneKeyVersion 0, or an empty wrapped, is
+	// ErrInvalidValue.
 	UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKeyVersion uint32, prevWrapped []byte, wrapped []byte, zoneKeyVersion uint32) error
+}
+
+// TombstoneKind says why a subject's DEK rows left a zone.
+type TombstoneKind uint8
+
+// Tombstone kinds.
+const (
+	// Shredded: the subject's DEKs were deleted (LifecycleStore.ShredSubject).
+	Shredded TombstoneKind = 1
+	// Moved: the subject's DEKs went to another zone (LifecycleStore.MoveDEKs).
+	Moved TombstoneKind = 2
+	// ZoneShredded: the whole zone's KEK was destroyed
+	// (LifecycleStore.ShredZone); the tombstone's Subject is "".
+	ZoneShredded TombstoneKind = 3
+)
+
+// String returns "shredded", "moved" or "zone-shredded".
+func (k TombstoneKind) String() string {
+	switch k {
+	case Shredded:
+		return "shredded"
+	case Moved:
+		return "moved"
+	case ZoneShredded:
+		return "zone-shredded"
+	}
+	return fmt.Sprintf("TombstoneKind(%d)", uint8(k))
+}
+
+// Tombstone records that a subject's DEK rows left a zone, and why. It holds
+// no key material. It tells a shredded or moved subject from one that never
+// had a key, and stops the keyring from silently giving a shredded subject a
+// new DEK.
+type Tombstone struct {
+	Zone    string
+	Subject string        // "" for a ZoneShredded tombstone
+	Kind    TombstoneKind // of the latest removal
+	To      string        // Moved: the zone the DEKs went to
+	// Generation is the highest generation of the rows removed, over every
+	// removal of the subject: a DEK made for the subject afterwards has a
+	// higher one.
+	Generation uint32
+	Created    time.Time // time of the latest removal (UTC)
+}
+
+// EpochRow is the store's record of a zone's key epoch
+// (Keyring.Epoch): the state that lets an interrupted epoch be resumed and
+// keeps two epochs of one zone from running at once.
+type EpochRow struct {
+	Zone   string
+	Number uint32 // 1, 2, ... within the zone
+	// KEKVersion is the first KEK version made for the epoch (0 until it
+	// is made): every older version is destroyed when the epoch ends.
+	KEKVersion uint32
+	// ZoneKeyVersion is the zone-key version made under it (0 until made):
+	// every living DEK is rewrapped under it, every older zone-key row
+	// deleted.
+	ZoneKeyVersion uint32
+	Owner          string    // the process running the epoch
+	Lease          time.Time // Owner holds the epoch until then
+	Started        time.Time
+	Finished       time.Time // zero while the epoch runs
+}
+
+// LifecycleStore is the part of a Store that shredding, moving subjects and
+// key epochs need. The keyring's methods ShredSubject, Reinstate,
+// MoveSubject, Epoch and ShredZone require the Store to implement it (and
+// RotationStore); the keyring's other methods use it, when present, only to
+// tell a shredded key from an unknown one. Package boltstore and package
+// postgres implement it, and keystoretest checks it.
+//
+// Every method is one transaction: it writes all of its effect or nothing.
+// Times are kept to at least the microsecond, and compared at that
+// precision. Errors are those of Store and RotationStore.
+type LifecycleStore interface {
+	// ShredSubject deletes every DEK row of (zone, subject), records each
+	// deleted id as shredded (ShreddedDEK finds it from then on), and
+	// stores the subject's tombstone, replacing an earlier one: Kind
+	// Shredded, To "", Generation the highest of the earlier tombstone's
+	// and the deleted rows', Created at. It returns the tombstone and the
+	// deleted ids. A subject with no DEK row is ErrUnknownKey, and nothing
+	// is written.
+	ShredSubject(ctx context.Context, zone, subject string, at time.Time) (Tombstone, []envelope.KeyID, error)
+	// Tombstone returns the tombstone of (zone, subject), or ErrUnknownKey.
+	Tombstone(ctx context.Context, zone, subject string) (Tombstone, error)
+	// ShreddedDEK returns the tombstone of the subject whose DEK id was
+	// shredded (its current tombstone: it may have been shredded again
+	// since), or ErrUnknownKey if id was never shredded.
+	ShreddedDEK(ctx context.Context, id envelope.KeyID) (Tombstone, error)
+	// MoveDEKs moves every DEK row of (from, subject) into another zone.
+	// rows are the rows as they will be stored, one per stored row of
+	// (from, subject), matched by ID: each has the stored row's Subject
+	// and Created, the target zone (the same for all, not from), a
+	// generation of its own in the target, and is pending (ZoneKeyVersion
+	// 0, KEKVersion and Wrapped from the target's custodian). If the
+	// stored rows of (from, subject) are not exactly rows' ids, the
+	// result is ErrConflict; a (zone, subject, generation) already stored
+	// in the target is ErrExists; an empty rows, or rows of mixed
+	// subjects or target zones, or a target equal to from, is
+	// ErrInvalidValue. In all these cases nothing is written. On success
+	// the stored rows are replaced (same ids) and (from, subject) gets a
+	// tombstone as in ShredSubject but of Kind Moved, To the target zone.
+	MoveDEKs(ctx context.Context, from string, rows []DEKRow, at time.Time) error
+	// ShredZone stores the tombstone (zone, "") of Kind ZoneShredded,
+	// Created at, replacing an earlier one. It deletes no row.
+	ShredZone(ctx context.Context, zone string, at time.Time) (Tombstone, error)
+
+	// DeleteZoneKeysBelow deletes the zone-key rows of zone with a version
+	// below v and returns how many it deleted. If a DEK row of the zone
+	// has a ZoneKeyVersion below v (pending rows included), it fails with
+	// ErrConflict and deletes nothing. v 0 is ErrInvalidValue.
+	DeleteZoneKeysBelow(ctx context.Context, zone string, v uint32) (int, error)
+
+	// CreateEpoch stores a new epoch row; ErrExists if the zone has one of
+	// that Number.
+	CreateEpoch(ctx context.Context, e EpochRow) error
+	// LatestEpoch returns the zone's epoch row of the highest Number, or
+	// ErrUnknownKey if it has none.
+	LatestEpoch(ctx context.Context, zone string) (EpochRow, error)
+	// UpdateEpoch replaces the stored row of (prev.Zone, prev.Number) by
+	// next if it equals prev in every field; otherwise ErrConflict. A
+	// next of another zone or number is ErrInvalidValue; a missing row
+	// ErrUnknownKey.
+	UpdateEpoch(ctx context.Context, prev, next EpochRow) error
 }

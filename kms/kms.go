@@ -217,3 +217,15 @@ type KeyManager interface {
 	// wrapped under them can be unwrapped again by anyone.
 	DestroyBelow(ctx context.Context, v uint32) error
 }
+
+// Destroyer is implemented by custodians that can destroy their KEK as a
+// whole, for the shred of an entire zone. Encryption and decryption never
+// use it.
+type Destroyer interface {
+	// Destroy irrevocably destroys every version of the KEK: nothing
+	// wrapped under it can be unwrapped again by anyone, and the
+	// custodian wraps nothing new under it. Afterwards Wrap, Unwrap and
+	// the KeyManager methods fail with an error wrapping ErrUnknownKey.
+	// Destroying a destroyed KEK succeeds and changes nothing.
+	Destroy(ctx context.Context) error
+}
