@@ -155,3 +155,20 @@ func (c *lru) purge() {
 	clear(c.byID)
 	clear(c.bySubject)
 }
+
+// removeWhere drops every cached DEK for which drop is true. It walks the
+// whole cache: it serves shreds and moves, not the hot path.
+func (c *lru) removeWhere(drop func(*DEK) bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for e := c.ll.Front(); e != nil; {
+		next := e.Next()
+		if drop(e.Value.(*DEK)) {
+			c.removeLocked(e)
+			n++
+		}
+		e = next
+	}
+	return n
+}
