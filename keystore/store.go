@@ -217,6 +217,9 @@ type LifecycleStore interface {
 	// deleted ids. A subject with no DEK row is ErrUnknownKey, and nothing
 	// is written.
 	ShredSubject(ctx context.Context, zone, subject string, at time.Time) (Tombstone, []envelope.KeyID, error)
+	// SubjectDEKs returns every DEK row of (zone, subject), by ascending
+	// generation; an empty slice and no error for a subject with none.
+	SubjectDEKs(ctx context.Context, zone, subject string) ([]DEKRow, error)
 	// Tombstone returns the tombstone of (zone, subject), or ErrUnknownKey.
 	Tombstone(ctx context.Context, zone, subject string) (Tombstone, error)
 	// ShreddedDEK returns the tombstone of the subject whose DEK id was
