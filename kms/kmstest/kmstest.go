@@ -12,6 +12,11 @@
 // binding, rejection of every altered or malformed ciphertext with
 // [kms.ErrTampered], context cancellation, concurrent use and Close.
 // A harness that also implements [Rotator] gets the KEK rotation tests.
+// Custodians that implement [kms.Destroyer] get the destruction tests, and
+// the key management tests of those tests when they also implement
+// [kms.KeyManager]; a harness that implements [Reopener] lets them check
+// that the destruction holds for a custodian opened afterwards, as by
+// another process.
 //
 // The contract is strict where callers branch on it: an altered, truncated
 // or foreign-binding ciphertext must fail with kms.ErrTampered (a key of
@@ -66,6 +71,15 @@ type Rotator interface {
 	Rotate(ctx context.Context, c kms.Custodian) (newVersion uint32, err error)
 }
 
+// Reopener is implemented by a Harness that can open a second custodian of
+// the KEK behind a custodian it made, as another process configured with
+// the same KEK would, sharing nothing in memory with the first.
+type Reopener interface {
+	// Reopen returns a new custodian of the KEK behind c, one of the
+	// custodians returned by MakeCustodians. The suite closes it.
+	Reopen(ctx context.Context, c kms.Custodian) (kms.Custodian, error)
+}
+
 // Limits of the contract.
 const (
 	// MaxKeySize is the largest key every custodian must accept in Wrap.
@@ -103,6 +117,7 @@ func RunConformanceTests(t *testing.T, newHarness HarnessMaker) {
 		{"Concurrent", testConcurrent},
 		{"Close", testClose},
 		{"Rotation", testRotation},
+		{"Destroy", testDestroy},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, h) })
@@ -529,4 +544,115 @@ func testRotation(t *testing.T, h Harness) {
 	require.NoError(t, err, "the other custodian after rotation")
 	_, err = other.Unwrap(ctx, w3, b)
 	requireTamperedOrUnknown(t, err, "the other custodian unwrapped a key of the rotated KEK")
+}
+
+// requireUnknownKey checks that err reports ErrUnknownKey.
+func requireUnknownKey(t *testing.T, err error, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	require.Error(t, err, msg)
+	require.ErrorIs(t, err, kms.ErrUnknownKey, msg)
+}
+
+// requireDestroyed checks that c behaves as a custodian of a destroyed KEK:
+// nothing wrapped before unwraps, nothing new is wrapped, and every key
+// management method fails, all with ErrUnknownKey.
+func requireDestroyed(t *testing.T, c kms.Custodian, b kms.Binding, ws []kms.Wrapped) {
+	t.Helper()
+	ctx := t.Context()
+	for i, w := range ws {
+		var (
+			got []byte
+			err error
+		)
+		require.NotPanics(t, func() { got, err = c.Unwrap(ctx, w, b) })
+		requireUnknownKey(t, err, "Unwrap of a key wrapped under KEK version %d before the destruction", w.KEKVersion)
+		require.Nil(t, got, "no key from a destroyed KEK (wrapped %d)", i+1)
+	}
+	w, err := c.Wrap(ctx, randomBytes(t, 32), b)
+	requireUnknownKey(t, err, "Wrap after the destruction")
+	require.Empty(t, w.Ciphertext, "Wrap after the destruction returned a ciphertext")
+
+	km, ok := c.(kms.KeyManager)
+	if !ok {
+		return
+	}
+	v, err := km.Rotate(ctx)
+	requireUnknownKey(t, err, "Rotate after the destruction")
+	require.Zero(t, v)
+	rw, err := km.Rewrap(ctx, ws[0], b)
+	requireUnknownKey(t, err, "Rewrap after the destruction")
+	require.Empty(t, rw.Ciphertext)
+	_, _, err = km.KEKVersions(ctx)
+	requireUnknownKey(t, err, "KEKVersions after the destruction")
+	requireUnknownKey(t, km.RetireBelow(ctx, 1), "RetireBelow after the destruction")
+	requireUnknownKey(t, km.DestroyBelow(ctx, 1), "DestroyBelow after the destruction")
+}
+
+func testDestroy(t *testing.T, h Harness) {
+	c, other := custodians(t, h)
+	d, ok := c.(kms.Destroyer)
+	if !ok {
+		t.Skipf("%T does not implement kms.Destroyer", c)
+	}
+	ctx := t.Context()
+	b := binding(t)
+
+	// Keys wrapped under every version of the KEK, where it has several.
+	key1, w1 := wrap(t, c, b)
+	keys, ws := [][]byte{key1}, []kms.Wrapped{w1}
+	if r, ok := h.(Rotator); ok {
+		_, err := r.Rotate(ctx, c)
+		require.NoError(t, err, "Rotate")
+		key2, w2 := wrap(t, c, b)
+		require.NotEqual(t, w1.KEKVersion, w2.KEKVersion)
+		keys, ws = append(keys, key2), append(ws, w2)
+	}
+	keyOther, wOther := wrap(t, other, b)
+
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	require.ErrorIs(t, d.Destroy(canceled), context.Canceled, "Destroy with a canceled context")
+	for i, w := range ws {
+		got, err := c.Unwrap(ctx, w, b)
+		require.NoError(t, err, "a canceled Destroy must leave the KEK alone")
+		require.Equal(t, keys[i], got)
+	}
+
+	require.NoError(t, d.Destroy(ctx), "Destroy")
+	requireDestroyed(t, c, b, ws)
+	// Malformed ciphertexts are still refused as such.
+	_, err := c.Unwrap(ctx, kms.Wrapped{Ciphertext: []byte("x"), KEKVersion: 1}, b)
+	requireTamperedOrUnknown(t, err, "Unwrap of garbage after the destruction")
+
+	require.NoError(t, d.Destroy(ctx), "Destroy of a destroyed KEK must succeed")
+	requireDestroyed(t, c, b, ws)
+
+	if r, ok := h.(Reopener); ok {
+		again, err := r.Reopen(ctx, c)
+		if err == nil {
+			t.Cleanup(func() { _ = again.Close() })
+			requireDestroyed(t, again, b, ws)
+			if d2, ok := again.(kms.Destroyer); ok {
+				require.NoError(t, d2.Destroy(ctx), "Destroy of a destroyed KEK by another custodian")
+			}
+			requireDestroyed(t, again, b, ws)
+		} else {
+			// Refusing to open a destroyed KEK is allowed, as long as
+			// the refusal says why.
+			requireUnknownKey(t, err, "Reopen of a destroyed KEK")
+		}
+		requireDestroyed(t, c, b, ws)
+	}
+
+	// The other KEK is untouched.
+	got, err := other.Unwrap(ctx, wOther, b)
+	require.NoError(t, err, "destroying one KEK must leave another alone")
+	require.Equal(t, keyOther, got)
+	_, w := wrap(t, other, b)
+	_, err = other.Unwrap(ctx, w, b)
+	require.NoError(t, err)
+
+	require.NoError(t, c.Close())
+	require.Error(t, d.Destroy(ctx), "Destroy after Close")
 }

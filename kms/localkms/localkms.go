@@ -21,11 +21,13 @@
 // production, use a custodian that keeps the KEK out of the process: Vault
 // Transit (package kms/vault) or Cloud KMS (package kms/gcpkms).
 //
-// Destroying KEK versions ([Custodian.DestroyBelow]) rewrites the file
-// without them, but the old bytes may survive on disk (journaling and
-// copy-on-write filesystems, SSD wear levelling) and in backups of the file.
-// Crypto-shredding with this driver is only as final as the disposal of
-// those copies.
+// Destroying KEK versions ([Custodian.DestroyBelow]) or the whole KEK
+// ([Custodian.Destroy]) rewrites the file without them, but the old bytes
+// may survive on disk (journaling and copy-on-write filesystems, SSD wear
+// levelling) and in backups of the file. Crypto-shredding with this driver
+// is only as final as the disposal of those copies. Nor does it reach into
+// other processes: one that read the file before keeps the KEK in memory
+// until it next re-reads the file (see Concurrency).
 //
 // # File format
 //
@@ -42,6 +44,17 @@
 //
 // Wrap uses the primary version; Unwrap any version still in the file.
 //
+// [Custodian.Destroy] leaves a file that records the destruction and holds
+// no key, so that neither Open nor Wrap silently makes a new KEK in its
+// place:
+//
+//	{
+//	  "format": "zonekey-local-kek/v1",
+//	  "primary": 0,
+//	  "destroyed": "2025-07-01T00:00:00Z",
+//	  "versions": []
+//	}
+//
 // # Ciphertext format
 //
 // A wrapped key is AES-256-GCM under one KEK version:
@@ -54,8 +67,8 @@
 //
 // # Concurrency
 //
-// A Custodian is safe for concurrent use. Rotate, RetireBelow and
-// DestroyBelow re-read the file, change it and replace it atomically while
+// A Custodian is safe for concurrent use. Rotate, RetireBelow, DestroyBelow
+// and Destroy re-read the file, change it and replace it atomically while
 // holding an advisory lock on a ".lock" file beside it (flock, on Unix), so
 // Custodians of one file in one or several processes never lose each other's
 // changes, though each sees versions added by another only after its own next
@@ -141,21 +154,28 @@ type Custodian struct {
 	ring *keyring // nil once closed
 }
 
-var _ kms.Custodian = (*Custodian)(nil)
+var (
+	_ kms.Custodian  = (*Custodian)(nil)
+	_ kms.KeyManager = (*Custodian)(nil)
+	_ kms.Destroyer  = (*Custodian)(nil)
+)
 
 // keyring is the in-memory form of a KEK file. It holds only ciphers: the
 // raw key bytes are wiped as soon as the ciphers are built.
 type keyring struct {
-	primary  uint32
-	minLive  uint32   // versions below refuse to unwrap (RetireBelow)
-	versions []uint32 // ascending
-	aeads    map[uint32]cipher.AEAD
+	primary   uint32
+	minLive   uint32   // versions below refuse to unwrap (RetireBelow)
+	versions  []uint32 // ascending
+	aeads     map[uint32]cipher.AEAD
+	destroyed time.Time // when the KEK was destroyed (Destroy); zero if it was not
 }
 
 // Open opens the KEK file at path (made absolute against the working
 // directory). Errors wrap kms.ErrConfig when the file is missing (unless
 // WithCreate is given), malformed, not a regular file, or readable or
-// writable by group or others.
+// writable by group or others. A file whose KEK was destroyed
+// ([Custodian.Destroy]) opens, even with WithCreate, as a custodian whose
+// every operation fails with kms.ErrUnknownKey.
 func Open(path string, opts ...Option) (*Custodian, error) {
 	var o options
 	for _, opt := range opts {
@@ -313,6 +333,9 @@ func (c *Custodian) Wrap(ctx context.Context, key []byte, b kms.Binding) (kms.Wr
 	if err := checkBinding(b); err != nil {
 		return kms.Wrapped{}, fmt.Errorf("%w: localkms: wrap: %v", errs.InvalidValue, err)
 	}
+	if c.ring.isDestroyed() {
+		return kms.Wrapped{}, c.destroyedError("wrap", c.ring)
+	}
 	v := c.ring.primary
 	aead := c.ring.aeads[v]
 
@@ -360,6 +383,9 @@ func (c *Custodian) Unwrap(ctx context.Context, w kms.Wrapped, b kms.Binding) ([
 		// Nothing can have been wrapped under such a binding.
 		return nil, tampered(err.Error())
 	}
+	if c.ring.isDestroyed() {
+		return nil, c.destroyedError("unwrap", c.ring)
+	}
 	aead, ok := c.ring.aeads[v]
 	if !ok {
 		return nil, fmt.Errorf("%w: localkms: unwrap %v: KEK version %d is not in %s", kms.ErrUnknownKey, b, v, c.path)
@@ -374,9 +400,9 @@ func (c *Custodian) Unwrap(ctx context.Context, w kms.Wrapped, b kms.Binding) ([
 	return key, nil
 }
 
-// Close forgets the KEK. Later calls of Wrap, Unwrap, Rotate and
-// DestroyBelow return an error wrapping errs.Closed; Close itself may be
-// called again and returns nil.
+// Close forgets the KEK. Later calls of Wrap, Unwrap and the key
+// management methods (Rotate, DestroyBelow, Destroy, ...) return an error
+// wrapping errs.Closed; Close itself may be called again and returns nil.
 //
 // The raw key bytes were already wiped when the file was read; what remains
 // is the AES key schedule inside crypto/aes, which cannot be wiped from
@@ -392,8 +418,9 @@ func (c *Custodian) Close() error {
 }
 
 // Versions returns the KEK versions this custodian holds, ascending: those
-// of the file as last read by Open, Rotate or DestroyBelow. It returns nil
-// once the custodian is closed.
+// of the file as last read by Open or a change (Rotate, DestroyBelow,
+// Destroy, ...). It returns an empty slice once the KEK is destroyed, and
+// nil once the custodian is closed.
 func (c *Custodian) Versions() []uint32 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -434,8 +461,25 @@ func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
 
 // change runs fn on the KEK file's content under the custodian's lock and
 // the file's cross-process lock, after checking ctx and that the custodian
-// is open. fn replaces the file (c.replace) if it changes anything.
+// is open. fn replaces the file (c.replace) if it changes anything. If the
+// file records that the KEK was destroyed, the custodian takes that up and
+// change fails with kms.ErrUnknownKey without calling fn.
 func (c *Custodian) change(ctx context.Context, op string, fn func(doc *kekFile) error) error {
+	return c.changeFile(ctx, op, func(doc *kekFile) error {
+		if doc.isDestroyed() {
+			ring, err := doc.keyring()
+			if err != nil {
+				return err
+			}
+			c.ring = ring
+			return c.destroyedError(op, ring)
+		}
+		return fn(doc)
+	})
+}
+
+// changeFile is change without the check for a destroyed KEK.
+func (c *Custodian) changeFile(ctx context.Context, op string, fn func(doc *kekFile) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -536,6 +580,47 @@ func (c *Custodian) replace(doc *kekFile) error {
 	return nil
 }
 
+// Destroy erases every KEK version from the file, irrevocably, for the
+// shred of the whole zone: keys wrapped under the KEK can no longer be
+// unwrapped by any custodian that reads the file from now on. The file
+// stays, holding no key and the time of the destruction, so that neither
+// Open (with WithCreate or create=1 too) nor Wrap ever makes a new KEK in
+// its place. Afterwards Wrap, Unwrap, Rewrap, Rotate, KEKVersions,
+// RetireBelow and DestroyBelow fail with kms.ErrUnknownKey, here and in
+// every custodian that opens the file or changes it later. Destroying a
+// destroyed KEK succeeds and leaves the file as it is.
+//
+// Like every change, Destroy holds the file's cross-process lock while it
+// reads and replaces the file. Another process that read the file before
+// keeps the KEK versions it read in memory, and can still use them, until
+// it next re-reads the file (its next change, or reopening); see the
+// package documentation for what removal from the file does and does not
+// erase on disk.
+func (c *Custodian) Destroy(ctx context.Context) error {
+	return c.changeFile(ctx, "destroy", func(doc *kekFile) error {
+		if doc.isDestroyed() {
+			ring, err := doc.keyring()
+			if err != nil {
+				return err
+			}
+			c.ring = ring
+			return nil
+		}
+		doc.wipe()
+		doc.Versions = []kekVersion{}
+		doc.Primary = 0
+		doc.MinDecrypt = 0
+		doc.Destroyed = now()
+		return c.replace(doc)
+	})
+}
+
+// destroyedError reports that the KEK of ring was destroyed.
+func (c *Custodian) destroyedError(op string, ring *keyring) error {
+	return fmt.Errorf("%w: localkms: %s: the KEK in %s was destroyed on %s",
+		kms.ErrUnknownKey, op, c.path, ring.destroyed.Format(time.RFC3339))
+}
+
 func (c *Custodian) closedError(op string) error {
 	return fmt.Errorf("localkms: %s: custodian for %s is closed: %w", op, c.path, errs.Closed)
 }
@@ -560,9 +645,18 @@ type kekFile struct {
 	Primary uint32 `json:"primary"`
 	// MinDecrypt, when set, makes versions below it refuse to unwrap
 	// (RetireBelow); unlike DestroyBelow it can be lowered again.
-	MinDecrypt uint32       `json:"min_decrypt,omitempty"`
-	Versions   []kekVersion `json:"versions"`
+	MinDecrypt uint32 `json:"min_decrypt,omitempty"`
+	// Destroyed, when set, is when Destroy erased every version: the
+	// file then holds none, and Primary is 0.
+	Destroyed time.Time    `json:"destroyed,omitzero"`
+	Versions  []kekVersion `json:"versions"`
 }
+
+// isDestroyed reports whether the file records a destroyed KEK.
+func (d *kekFile) isDestroyed() bool { return !d.Destroyed.IsZero() }
+
+// isDestroyed reports whether the KEK was destroyed.
+func (r *keyring) isDestroyed() bool { return !r.destroyed.IsZero() }
 
 type kekVersion struct {
 	Version uint32    `json:"version"`
@@ -648,6 +742,12 @@ func (d *kekFile) validate() error {
 	if d.Format != Format {
 		return fmt.Errorf("format is %q, want %q", d.Format, Format)
 	}
+	if d.isDestroyed() {
+		if len(d.Versions) != 0 || d.Primary != 0 || d.MinDecrypt != 0 {
+			return errors.New("the KEK is marked destroyed, but the file still names or holds versions")
+		}
+		return nil
+	}
 	if len(d.Versions) == 0 {
 		return errors.New("no KEK versions")
 	}
@@ -686,7 +786,8 @@ func (d *kekFile) validate() error {
 
 // keyring builds the ciphers of d's versions.
 func (d *kekFile) keyring() (*keyring, error) {
-	r := &keyring{primary: d.Primary, minLive: d.MinDecrypt, aeads: make(map[uint32]cipher.AEAD, len(d.Versions))}
+	r := &keyring{primary: d.Primary, minLive: d.MinDecrypt, destroyed: d.Destroyed,
+		versions: make([]uint32, 0, len(d.Versions)), aeads: make(map[uint32]cipher.AEAD, len(d.Versions))}
 	for _, kv := range d.Versions {
 		block, err := aes.NewCipher(kv.Key)
 		if err != nil {
@@ -763,8 +864,6 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-var _ kms.KeyManager = (*Custodian)(nil)
-
 // Rewrap unwraps w and wraps the key again under the primary version. The
 // zone key passes through this process's memory, as every local operation
 // does.
@@ -787,6 +886,9 @@ func (c *Custodian) KEKVersions(ctx context.Context) (minLive, primary uint32, e
 	defer c.mu.RUnlock()
 	if c.ring == nil {
 		return 0, 0, c.closedError("list versions")
+	}
+	if c.ring.isDestroyed() {
+		return 0, 0, c.destroyedError("list versions", c.ring)
 	}
 	minLive = c.ring.primary
 	for _, v := range c.ring.versions {

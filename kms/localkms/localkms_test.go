@@ -66,9 +66,24 @@ func (h *harness) Rotate(ctx context.Context, c kms.Custodian) (uint32, error) {
 	return lc.Rotate(ctx)
 }
 
+// Reopen opens the file of c again, as another process would.
+func (h *harness) Reopen(ctx context.Context, c kms.Custodian) (kms.Custodian, error) {
+	lc, ok := c.(*localkms.Custodian)
+	if !ok {
+		return nil, fmt.Errorf("not a local custodian: %T", c)
+	}
+	if h.viaURL {
+		return kms.Open(ctx, "local://"+filepath.ToSlash(lc.Path())+"?create=1")
+	}
+	return localkms.Open(lc.Path())
+}
+
 func (h *harness) Close() {}
 
-var _ kmstest.Rotator = (*harness)(nil)
+var (
+	_ kmstest.Rotator  = (*harness)(nil)
+	_ kmstest.Reopener = (*harness)(nil)
+)
 
 func TestConformance(t *testing.T) {
 	kmstest.RunConformanceTests(t, func(ctx context.Context, t *testing.T) (kmstest.Harness, error) {
@@ -349,6 +364,9 @@ func TestMalformedFile(t *testing.T) {
 		return fmt.Sprintf(`{"format":%q,"primary":%d,"versions":[%s]}`, localkms.Format, primary, strings.Join(versions, ","))
 	}
 	valid := doc(1, ver(1, key))
+	destroyed := func(primary int, versions string) string {
+		return fmt.Sprintf(`{"format":%q,"primary":%d,"destroyed":"2025-07-01T00:00:00Z","versions":[%s]}`, localkms.Format, primary, versions)
+	}
 
 	for _, tc := range []struct {
 		name    string
@@ -382,6 +400,11 @@ func TestMalformedFile(t *testing.T) {
 		{"trailing bracket", valid + "]", "data after"},
 		{"truncated", valid[:len(valid)-1], "malformed"},
 		{"too large", valid + strings.Repeat(" ", 1<<20), "bytes"},
+		{"valid destroyed", destroyed(0, ""), ""},
+		{"destroyed with a version", destroyed(0, ver(1, key)), "marked destroyed"},
+		{"destroyed with a primary", destroyed(1, ""), "marked destroyed"},
+		{"destroyed with min_decrypt", strings.Replace(destroyed(0, ""), `"primary"`, `"min_decrypt":1,"primary"`, 1), "marked destroyed"},
+		{"bad destroyed", strings.Replace(destroyed(0, ""), "2025-07-01T00:00:00Z", "never", 1), "never"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "eu.kek")
