@@ -43,6 +43,9 @@ var (
 	// ErrKeyShredded: the subject's key was deliberately destroyed; its
 	// data is gone for good.
 	ErrKeyShredded = errs.KeyShredded
+	// ErrSubjectMoved: the subject's keys were moved to another custody
+	// zone; its data is read, and new data encrypted, under that zone.
+	ErrSubjectMoved = errs.SubjectMoved
 	// ErrKMSUnavailable: the zone's custodian could not be reached. Nothing
 	// was changed; retrying later may succeed.
 	ErrKMSUnavailable = errs.KMSUnavailable

@@ -54,6 +54,13 @@ var (
 	// ErrKMSUnavailable reports that the zone's custodian could not be
 	// reached; nothing was stored. Retrying later may succeed.
 	ErrKMSUnavailable = errs.KMSUnavailable
+	// ErrKeyShredded reports a DEK, subject or zone that has been shredded
+	// (ShredSubject, ShredZone): its data can no longer be read, and a
+	// shredded subject gets a new DEK only through Reinstate.
+	ErrKeyShredded = errs.KeyShredded
+	// ErrSubjectMoved reports a subject whose DEKs were moved to another
+	// zone (MoveSubject): encrypt its data under that zone now.
+	ErrSubjectMoved = errs.SubjectMoved
 	// ErrExists is returned by Store creates that collide with a stored
 	// row. The keyring handles it by reading the winner's row.
 	ErrExists = errs.Exists
@@ -312,6 +319,9 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 		if !errors.Is(err, ErrUnknownKey) {
 			return nil, err
 		}
+		if err := k.beforeCreate(ctx, zone, subject); err != nil {
+			return nil, err
+		}
 		d, err := k.createDEK(ctx, zs, cust, zone, subject, 1)
 		if errors.Is(err, ErrExists) && attempt == 0 {
 			continue
@@ -338,6 +348,9 @@ func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 		return d, nil
 	}
 	row, err := k.store.DEK(ctx, id)
+	if errors.Is(err, ErrUnknownKey) {
+		return nil, k.unknownDEK(ctx, id, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -434,6 +447,9 @@ func (k *Keyring) rollingKey(ctx context.Context, zone string) (*DEK, error) {
 	// generations only need to be unique: a process that loses a race for
 	// one skips ahead by a random step, so racing processes spread out
 	// instead of colliding again.
+	if err := k.zoneShredded(ctx, zone); err != nil {
+		return nil, err
+	}
 	gen := uint32(0)
 	for attempt := 0; attempt < 32; attempt++ {
 		if gen == 0 {
@@ -559,6 +575,9 @@ func (k *Keyring) unwrapDEK(ctx context.Context, zs *zoneState, cust kms.Custodi
 // unwrapKeyRow authenticates and unwraps a DEK row under its zone-key
 // version and returns the secret, which the caller must clear.
 func (k *Keyring) unwrapKeyRow(ctx context.Context, zs *zoneState, cust kms.Custodian, row DEKRow) ([]byte, error) {
+	if row.Pending() {
+		return k.unwrapPending(ctx, zs, cust, row)
+	}
 	zk, err := k.zoneKey(ctx, zs, cust, row.Zone, row.ZoneKeyVersion)
 	if err != nil {
 		return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
@@ -640,6 +659,11 @@ func (k *Keyring) zoneKeyLocked(ctx context.Context, zs *zoneState, cust kms.Cus
 	ev := audit.Event{Action: audit.ZoneKeyUnwrap, Decision: audit.Allow, Zone: zone, ZoneKeyVersion: version, KEKVersion: row.KEKVersion}
 	secret, err := cust.Unwrap(ctx, kms.Wrapped{Ciphertext: row.Wrapped, KEKVersion: row.KEKVersion}, kms.Binding{Zone: zone, KeyID: row.ID, Version: version})
 	if err != nil {
+		if errors.Is(err, kms.ErrUnknownKey) {
+			if serr := k.zoneShredded(ctx, zone); serr != nil {
+				err = fmt.Errorf("%w (%w)", serr, err)
+			}
+		}
 		err = fmt.Errorf("zone %q key v%d: %w", zone, version, err)
 		ev.Decision, ev.Reason = audit.Error, err.Error()
 		if errors.Is(err, kms.ErrDenied) || errors.Is(err, ErrOutsideCustody) {

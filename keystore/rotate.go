@@ -529,15 +529,26 @@ func (r *rotation) rewrapDEK(ctx context.Context, row DEKRow, target uint32) (bo
 // rewrapDEKSecret unwraps row's DEK and wraps it under zone-key version
 // target, bound to the row with its new version.
 func (r *rotation) rewrapDEKSecret(ctx context.Context, row DEKRow, target uint32) ([]byte, error) {
-	from, err := r.k.zoneKey(ctx, r.zs, r.cust, r.zone, row.ZoneKeyVersion)
-	if err != nil {
-		return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
-	}
 	to, err := r.k.zoneKey(ctx, r.zs, r.cust, r.zone, target)
 	if err != nil {
 		return nil, err
 	}
-	secret, err := from.aead.Open(nil, nil, row.Wrapped, dekAD(row))
+	var secret []byte
+	if row.Pending() {
+		// A moved DEK, wrapped by the zone's KEK: adopted here.
+		secret, err = r.cust.Unwrap(ctx, kms.Wrapped{Ciphertext: row.Wrapped, KEKVersion: row.KEKVersion}, pendingBinding(row))
+		if err != nil {
+			err = fmt.Errorf("DEK %s (moved, awaiting adoption): %w", row.ID, err)
+			r.recordFailure(ctx, audit.Event{Action: audit.Rewrap, Subject: row.Subject, DEK: row.ID.String(), KEKVersion: row.KEKVersion}, err)
+			return nil, err
+		}
+	} else {
+		from, err := r.k.zoneKey(ctx, r.zs, r.cust, r.zone, row.ZoneKeyVersion)
+		if err != nil {
+			return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
+		}
+		secret, err = from.aead.Open(nil, nil, row.Wrapped, dekAD(row))
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: DEK %s of zone %q does not authenticate under zone key v%d (altered or relabelled row)", ErrTampered, row.ID, r.zone, row.ZoneKeyVersion)
 		r.recordFailure(ctx, audit.Event{Action: audit.Rewrap, Subject: row.Subject, DEK: row.ID.String(), ZoneKeyVersion: row.ZoneKeyVersion}, err)
@@ -545,7 +556,7 @@ func (r *rotation) rewrapDEKSecret(ctx context.Context, row DEKRow, target uint3
 	}
 	defer clear(secret)
 	next := row
-	next.ZoneKeyVersion = target
+	next.ZoneKeyVersion, next.KEKVersion = target, 0
 	return to.aead.Seal(nil, nil, secret, dekAD(next)), nil
 }
 

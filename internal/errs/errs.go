@@ -19,6 +19,7 @@ var (
 	Tampered         = errors.New("zonekey: ciphertext or key material failed authentication")
 	UnknownKey       = errors.New("zonekey: unknown key")
 	KeyShredded      = errors.New("zonekey: key has been shredded")
+	SubjectMoved     = errors.New("zonekey: subject moved to another zone")
 	KMSUnavailable   = errors.New("zonekey: key custodian unavailable")
 	UnsupportedField = errors.New("zonekey: unsupported field")
 	Format           = errors.New("zonekey: malformed envelope")
