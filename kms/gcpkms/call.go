@@ -120,6 +120,8 @@ const (
 	opList    op = "list versions"
 	opRetire  op = "retire versions"
 	opDestroy op = "destroy versions"
+	// opDestroyKEK is Destroy, of every version.
+	opDestroyKEK op = "destroy the key"
 )
 
 // outcome is what a failed attempt means.

@@ -70,7 +70,9 @@
 // KMS destroys a version only after the key's destroy_scheduled_duration
 // (30 days unless set at key creation, at least 1 day): until then the
 // version refuses to decrypt but can be restored, so a key epoch is final
-// only when that delay has passed.
+// only when that delay has passed. Destroy disables and destroys every
+// version, for the shred of the whole zone, with the same delay; Rotate
+// then refuses to add a version to the destroyed key.
 //
 // Rewrap has no server-side counterpart in Cloud KMS: it decrypts and
 // encrypts again, so the zone key passes through this process's memory,
@@ -139,7 +141,8 @@ type Config struct {
 }
 
 // Custodian wraps zone keys under one Cloud KMS key. It implements
-// kms.Custodian and kms.KeyManager and is safe for concurrent use.
+// kms.Custodian, kms.KeyManager and kms.Destroyer and is safe for
+// concurrent use.
 type Custodian struct {
 	key         keyName
 	client      *kmsapi.KeyManagementClient
@@ -156,6 +159,7 @@ type Custodian struct {
 var (
 	_ kms.Custodian  = (*Custodian)(nil)
 	_ kms.KeyManager = (*Custodian)(nil)
+	_ kms.Destroyer  = (*Custodian)(nil)
 )
 
 // Open checks cfg, connects to Cloud KMS and reads the key. Errors wrap

@@ -126,6 +126,22 @@ func (h *harness) Rotate(ctx context.Context, c kms.Custodian) (uint32, error) {
 	return gc.Rotate(ctx)
 }
 
+// Reopen opens the key of c again, the same way, as another process would.
+func (h *harness) Reopen(ctx context.Context, c kms.Custodian) (kms.Custodian, error) {
+	gc, ok := c.(*gcpkms.Custodian)
+	if !ok {
+		return nil, fmt.Errorf("not a gcpkms custodian: %T", c)
+	}
+	key := gc.KeyName()
+	switch h.mode {
+	case "url":
+		return kms.Open(ctx, "gcpkms://"+key+"?allowed_locations=europe-west1,europe")
+	case "client":
+		return gcpkms.Open(ctx, gcpkms.Config{KeyName: key, AllowedLocations: euLocations, Client: h.client, Retry: fastRetry})
+	}
+	return gcpkms.Open(ctx, gcpkms.Config{KeyName: key, AllowedLocations: euLocations, ClientOptions: h.s.ClientOptions(), Retry: fastRetry})
+}
+
 func (h *harness) Close() {
 	if h.client != nil {
 		h.client.Close()
@@ -133,7 +149,10 @@ func (h *harness) Close() {
 	h.s.Stop()
 }
 
-var _ kmstest.Rotator = (*harness)(nil)
+var (
+	_ kmstest.Rotator  = (*harness)(nil)
+	_ kmstest.Reopener = (*harness)(nil)
+)
 
 func TestConformance(t *testing.T) {
 	kmstest.RunConformanceTests(t, func(ctx context.Context, t *testing.T) (kmstest.Harness, error) {

@@ -40,8 +40,17 @@ func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
 	if c.closed.Load() {
 		return 0, c.closedError(opRotate)
 	}
+	// Cloud KMS adds a version to a key whose versions are all destroyed;
+	// that would bring a destroyed KEK back under the same name.
+	versions, err := c.listVersions(ctx, opRotate)
+	if err != nil {
+		return 0, err
+	}
+	if destroyedKEK(versions) {
+		return 0, c.destroyedError(opRotate)
+	}
 	var created *kmspb.CryptoKeyVersion
-	err := c.retry(ctx, opRotate, func(ctx context.Context) error {
+	err = c.retry(ctx, opRotate, func(ctx context.Context) error {
 		var err error
 		created, err = c.client.CreateCryptoKeyVersion(ctx, &kmspb.CreateCryptoKeyVersionRequest{
 			Parent:           c.key.full,
@@ -206,18 +215,105 @@ func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
 				return err
 			}
 		}
-		if err := c.destroy(ctx, kv.num); err != nil {
+		if err := c.destroy(ctx, opDestroy, kv.num); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// Destroy destroys every version of the key, for the shred of the whole
+// zone: it disables every ENABLED version first, so that the key stops
+// wrapping and unwrapping as soon as Cloud KMS applies that, then destroys
+// every ENABLED or DISABLED version. Versions already scheduled for
+// destruction or destroyed are left as they are, so destroying a destroyed
+// key succeeds and changes nothing.
+//
+// As with DestroyBelow, Cloud KMS schedules the destruction: the versions
+// refuse to encrypt and decrypt from now on, and their material is erased
+// after the key's destroy_scheduled_duration, until when an administrator
+// can restore them. The CryptoKey resource itself stays (Cloud KMS never
+// deletes keys), with its destroyed versions.
+//
+// Afterwards Wrap and Unwrap fail with kms.ErrUnknownKey (Cloud KMS's
+// FAILED_PRECONDITION), and so do Rewrap, KEKVersions, RetireBelow,
+// DestroyBelow and Rotate, which refuse a key that has versions but none
+// ENABLED, DISABLED or pending, whatever custodian or process asks: the
+// state is Cloud KMS's, not this custodian's. A version still being
+// generated or imported cannot be destroyed yet: Destroy destroys the
+// others and then fails with kms.ErrUnavailable, to be called again.
+//
+// The credentials need cloudkms.cryptoKeyVersions.list, .update and
+// .destroy on the key (docs/gcpkms.md).
+func (c *Custodian) Destroy(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return c.closedError(opDestroyKEK)
+	}
+	versions, err := c.listVersions(ctx, opDestroyKEK)
+	if err != nil {
+		return err
+	}
+	// Disable first, as organization policy may require
+	// (constraints/cloudkms.disableBeforeDestroy), and every version
+	// before destroying any, so that the whole key stops being used at
+	// once.
+	for _, kv := range versions {
+		if kv.state == kmspb.CryptoKeyVersion_ENABLED {
+			if err := c.setState(ctx, opDestroyKEK, kv.num, kmspb.CryptoKeyVersion_DISABLED); err != nil {
+				return err
+			}
+		}
+	}
+	var pending []uint32
+	for _, kv := range versions {
+		switch kv.state {
+		case kmspb.CryptoKeyVersion_ENABLED, kmspb.CryptoKeyVersion_DISABLED:
+			if err := c.destroy(ctx, opDestroyKEK, kv.num); err != nil {
+				return err
+			}
+		case kmspb.CryptoKeyVersion_PENDING_GENERATION, kmspb.CryptoKeyVersion_PENDING_IMPORT:
+			pending = append(pending, kv.num)
+		}
+	}
+	if len(pending) > 0 {
+		return fmt.Errorf("%w: gcpkms: %s %s: versions %v are still being generated or imported and cannot be destroyed yet; the others are; call Destroy again",
+			kms.ErrUnavailable, opDestroyKEK, c.key.full, pending)
+	}
+	return nil
+}
+
+// destroyedKEK reports whether versions, a key's every version, are those
+// of a destroyed key: at least one version, and none that is ENABLED,
+// DISABLED or pending (none that can, or could again, wrap or unwrap). A
+// key without versions at all was never given one; it is not destroyed.
+func destroyedKEK(versions []version) bool {
+	if len(versions) == 0 {
+		return false
+	}
+	for _, v := range versions {
+		switch v.state {
+		case kmspb.CryptoKeyVersion_ENABLED, kmspb.CryptoKeyVersion_DISABLED,
+			kmspb.CryptoKeyVersion_PENDING_GENERATION, kmspb.CryptoKeyVersion_PENDING_IMPORT:
+			return false
+		}
+	}
+	return true
+}
+
+// destroyedError reports a key whose versions are all destroyed.
+func (c *Custodian) destroyedError(o op) error {
+	return fmt.Errorf("%w: gcpkms: %s with %s: every version of the key is destroyed or scheduled for destruction",
+		kms.ErrUnknownKey, o, c.key.full)
+}
+
 // destroy destroys version n. A retried call whose first attempt got
 // through fails with FAILED_PRECONDITION; the version's state then tells.
-func (c *Custodian) destroy(ctx context.Context, n uint32) error {
+func (c *Custodian) destroy(ctx context.Context, o op, n uint32) error {
 	name := c.key.versionName(n)
-	err := c.retry(ctx, opDestroy, func(ctx context.Context) error {
+	err := c.retry(ctx, o, func(ctx context.Context) error {
 		_, err := c.client.DestroyCryptoKeyVersion(ctx, &kmspb.DestroyCryptoKeyVersionRequest{Name: name}, noRetry)
 		return err
 	})
@@ -225,7 +321,7 @@ func (c *Custodian) destroy(ctx context.Context, n uint32) error {
 		return err
 	}
 	var got *kmspb.CryptoKeyVersion
-	if gerr := c.retry(ctx, opDestroy, func(ctx context.Context) error {
+	if gerr := c.retry(ctx, o, func(ctx context.Context) error {
 		var err error
 		got, err = c.client.GetCryptoKeyVersion(ctx, &kmspb.GetCryptoKeyVersionRequest{Name: name}, noRetry)
 		return err
@@ -250,7 +346,8 @@ func (c *Custodian) setState(ctx context.Context, o op, n uint32, s kmspb.Crypto
 	})
 }
 
-// state reads the primary version and lists every version, ascending.
+// state reads the primary version and lists every version, ascending. A
+// destroyed key (see destroyedKEK) fails with kms.ErrUnknownKey.
 func (c *Custodian) state(ctx context.Context, o op) (primary uint32, versions []version, err error) {
 	if err := ctx.Err(); err != nil {
 		return 0, nil, err
@@ -270,8 +367,20 @@ func (c *Custodian) state(ctx context.Context, o op) (primary uint32, versions [
 		return 0, nil, err
 	}
 	c.primary.Store(primary)
+	versions, err = c.listVersions(ctx, o)
+	if err != nil {
+		return 0, nil, err
+	}
+	if destroyedKEK(versions) {
+		return 0, nil, c.destroyedError(o)
+	}
+	return primary, versions, nil
+}
 
-	err = c.retry(ctx, o, func(ctx context.Context) error {
+// listVersions lists every version of the key, ascending.
+func (c *Custodian) listVersions(ctx context.Context, o op) ([]version, error) {
+	var versions []version
+	err := c.retry(ctx, o, func(ctx context.Context) error {
 		versions = versions[:0]
 		it := c.client.ListCryptoKeyVersions(ctx, &kmspb.ListCryptoKeyVersionsRequest{Parent: c.key.full}, noRetry)
 		for {
@@ -293,8 +402,8 @@ func (c *Custodian) state(ctx context.Context, o op) (primary uint32, versions [
 		}
 	})
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	slices.SortFunc(versions, func(a, b version) int { return int(int64(a.num) - int64(b.num)) })
-	return primary, versions, nil
+	return versions, nil
 }

@@ -18,6 +18,11 @@
 //   - Version states: disabling, re-enabling, scheduling destruction (the
 //     key's destroy_scheduled_duration, 30 days unless set), restoring, and
 //     completing scheduled destruction on demand ([Server.ExpireDestruction]).
+//     A version that is not ENABLED refuses Decrypt, and Encrypt on a key
+//     whose primary version is not ENABLED fails, both with
+//     FAILED_PRECONDITION. Every version of a key may be destroyed, the
+//     primary included; the key and its destroyed versions stay listed, and
+//     the key still accepts new versions, as in Cloud KMS.
 //
 // Fault injection makes it misbehave on purpose: queued gRPC errors per
 // method ([Server.InjectFaults]), responses whose payload is altered while
