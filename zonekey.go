@@ -389,6 +389,37 @@ func BlankSearchable(v any) error { return fieldcrypt.BlankSearchable(v) }
 // Keyring returns the client's keyring, for key operations.
 func (c *Client) Keyring() *keystore.Keyring { return c.keyring }
 
+// Shred erases a data subject of zone: its keys are deleted, so every copy
+// of its encrypted data becomes unreadable (ErrKeyShredded) at once in this
+// process and within DEKTTL in others, and in keystore backups after the
+// zone's next key epoch (SECURITY.md, "Erasure and moves"). Shredding a
+// shredded subject changes nothing. Blank the subject's searchable fields
+// too (BlankSearchable): the shred does not reach them. See
+// keystore.Keyring.ShredSubject.
+func (c *Client) Shred(ctx context.Context, zone, subject string) (keystore.ShredResult, error) {
+	return c.keyring.ShredSubject(ctx, zone, subject)
+}
+
+// Reinstate lets a shredded subject of zone have data again, under a new
+// key: what was encrypted before the shred stays unreadable. Until it is
+// called, encrypting for a shredded subject fails with ErrKeyShredded. See
+// keystore.Keyring.Reinstate.
+func (c *Client) Reinstate(ctx context.Context, zone, subject string) error {
+	_, err := c.keyring.Reinstate(ctx, zone, subject)
+	return err
+}
+
+// MoveSubject puts a subject's keys under another custody zone without
+// touching its data: afterwards its records decrypt for callers in to and
+// are refused to callers only in from. This process must be in from; to's
+// custodian needs to let it wrap only. Existing ciphertexts decrypt as they
+// are; encrypt the subject's new data under to (the record's zone field, or
+// WithZone): under from it fails with ErrSubjectMoved. See
+// keystore.Keyring.MoveSubject.
+func (c *Client) MoveSubject(ctx context.Context, subject, from, to string) (keystore.MoveResult, error) {
+	return c.keyring.MoveSubject(ctx, subject, from, to)
+}
+
 // Close closes the keyring, the custodians and the embedded store. Calls
 // after the first return nil.
 func (c *Client) Close() error {
