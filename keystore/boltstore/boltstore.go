@@ -1,10 +1,37 @@
 // Package boltstore is the embedded keystore.Store: one bbolt file on local
-// disk, for development, single-process services and the quickstart.
+// disk, for development, single-process services and the quickstart. It
+// implements keystore.RotationStore and keystore.LifecycleStore too.
 //
 // A bbolt file is opened by one process at a time (it takes an exclusive
 // file lock); services that run several instances share a keyring through
 // the PostgreSQL store instead. Every create is committed with fsync before
 // it returns, so a key is durable before anything is encrypted under it.
+// Every method is one bbolt transaction: it writes all of its effect or
+// nothing.
+//
+// # File layout
+//
+// The file holds these buckets (lp(s) is a string prefixed by its length in
+// 16 bits, numbers are big-endian):
+//
+//	meta        "schema" -> the schema version, one byte (3)
+//	zonekeys    lp(zone) version(4)               -> zone-key row (JSON)
+//	zonekeyids  zone-key id                       -> lp(zone) version(4)
+//	deks        DEK id(16)                        -> DEK row (JSON)
+//	subjects    lp(zone) lp(subject) generation(4) -> DEK id(16)
+//	shredded    DEK id(16)                        -> lp(zone) lp(subject)
+//	tombstones  lp(zone) lp(subject)              -> tombstone (JSON)
+//	epochs      lp(zone) number(4)                -> epoch row (JSON)
+//
+// The subjects bucket is the index of a zone's DEKs (ScanDEKs, SubjectDEKs)
+// and of a subject's latest one; shredded maps the id of every shredded DEK
+// to its subject, whose tombstone ShreddedDEK returns.
+//
+// Schema version 2 had no shredded, tombstones and epochs buckets, and no
+// KEK version in DEK rows (which reads as 0, what every row of version 2
+// has). Open upgrades a version-2 file in place: it adds the buckets and
+// records version 3, rewriting no row. A build that knows only version 2
+// refuses the upgraded file.
 package boltstore
 
 import (
@@ -33,11 +60,20 @@ var (
 	bucketZoneKeyIDs = []byte("zonekeyids") // id -> lp(zone) ver(4)
 	bucketDEKs       = []byte("deks")       // id(16) -> dekJSON
 	bucketSubjects   = []byte("subjects")   // lp(zone) lp(subject) gen(4) -> id(16)
+	bucketShredded   = []byte("shredded")   // id(16) -> lp(zone) lp(subject)
+	bucketTombstones = []byte("tombstones") // lp(zone) lp(subject) -> tombstoneJSON
+	bucketEpochs     = []byte("epochs")     // lp(zone) number(4) -> epochJSON
+
+	allBuckets = [][]byte{bucketMeta, bucketZoneKeys, bucketZoneKeyIDs, bucketDEKs, bucketSubjects, bucketShredded, bucketTombstones, bucketEpochs}
 
 	keySchema = []byte("schema")
-	// schemaVersion 2 stores zones, subjects and zone-key ids as bytes:
-	// version 1 stored them as JSON strings, which replace invalid UTF-8.
-	schemaVersion = []byte{2}
+	// schemaVersion 3 adds the shredded, tombstones and epochs buckets and
+	// the KEK version of pending DEK rows. Version 2 stores zones, subjects
+	// and zone-key ids as bytes: version 1 stored them as JSON strings,
+	// which replace invalid UTF-8.
+	schemaVersion = []byte{3}
+	// schemaVersion2 is upgraded in place by Open.
+	schemaVersion2 = []byte{2}
 )
 
 // Options configures Open.
@@ -55,12 +91,15 @@ type Store struct {
 }
 
 var (
-	_ keystore.Store         = (*Store)(nil)
-	_ keystore.RotationStore = (*Store)(nil)
+	_ keystore.Store          = (*Store)(nil)
+	_ keystore.RotationStore  = (*Store)(nil)
+	_ keystore.LifecycleStore = (*Store)(nil)
 )
 
 // Open opens or creates the keystore file at path (mode 0600, its directory
-// 0700 if created).
+// 0700 if created). A file of schema version 2 is upgraded to version 3 (see
+// the package documentation); a file of any other version is refused with
+// keystore.ErrStore.
 func Open(path string, opts *Options) (*Store, error) {
 	timeout := 2 * time.Second
 	if opts != nil && opts.LockTimeout > 0 {
@@ -77,14 +116,19 @@ func Open(path string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("%w: opening %s: %v", keystore.ErrStore, path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketZoneKeys, bucketZoneKeyIDs, bucketDEKs, bucketSubjects} {
+		// On a file of another version these are rolled back with the
+		// refusal below.
+		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
-		case v == nil:
+		case v == nil, bytes.Equal(v, schemaVersion2):
+			// A new file, or the upgrade from version 2: the new
+			// buckets are made, and version-2 DEK rows read as they
+			// are (KEK version 0).
 			return meta.Put(keySchema, schemaVersion)
 		case !bytes.Equal(v, schemaVersion):
 			return fmt.Errorf("unsupported schema version %v (this build reads %v)", v, schemaVersion)
@@ -221,6 +265,9 @@ type dekJSON struct {
 	ZoneKeyVersion uint32    `json:"zone_key_version"`
 	Wrapped        []byte    `json:"wrapped"`
 	Created        time.Time `json:"created"`
+	// KEKVersion is that of a pending row; absent (0) otherwise, and in
+	// every row of schema version 2.
+	KEKVersion uint32 `json:"kek_version,omitempty"`
 }
 
 func encodeZoneKey(r keystore.ZoneKeyRow) ([]byte, error) {
@@ -248,7 +295,7 @@ func decodeZoneKey(v []byte) (keystore.ZoneKeyRow, error) {
 func encodeDEK(r keystore.DEKRow) ([]byte, error) {
 	v, err := json.Marshal(dekJSON{
 		ID: r.ID.String(), Zone: []byte(r.Zone), Subject: []byte(r.Subject), Generation: r.Generation,
-		ZoneKeyVersion: r.ZoneKeyVersion, Wrapped: r.Wrapped, Created: r.Created,
+		ZoneKeyVersion: r.ZoneKeyVersion, Wrapped: r.Wrapped, Created: r.Created, KEKVersion: r.KEKVersion,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: boltstore: encoding DEK row: %v", keystore.ErrInvalidValue, err)
@@ -267,7 +314,7 @@ func decodeDEK(v []byte) (keystore.DEKRow, error) {
 	}
 	return keystore.DEKRow{
 		ID: id, Zone: string(j.Zone), Subject: string(j.Subject), Generation: j.Generation,
-		ZoneKeyVersion: j.ZoneKeyVersion, Wrapped: j.Wrapped, Created: j.Created,
+		ZoneKeyVersion: j.ZoneKeyVersion, Wrapped: j.Wrapped, Created: j.Created, KEKVersion: j.KEKVersion,
 	}, nil
 }
 
@@ -337,17 +384,8 @@ func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
-	if row.Generation == 0 {
-		return fmt.Errorf("%w: boltstore: DEK generation must be at least 1", keystore.ErrInvalidValue)
-	}
-	if err := checkName("zone", row.Zone); err != nil {
-		return err
-	}
-	if err := checkName("subject", row.Subject); err != nil {
-		return err
-	}
-	sk := binary.BigEndian.AppendUint32(subjectPrefix(row.Zone, row.Subject), row.Generation)
-	if err := checkKey("zone and subject", sk); err != nil {
+	sk, err := checkDEK(row)
+	if err != nil {
 		return err
 	}
 	v, err := encodeDEK(row)
@@ -367,6 +405,29 @@ func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
 		}
 		return subs.Put(sk, row.ID[:])
 	})
+}
+
+// checkDEK refuses a DEK row the store cannot hold, and returns its key in
+// the subjects bucket.
+func checkDEK(row keystore.DEKRow) ([]byte, error) {
+	if row.Generation == 0 {
+		return nil, fmt.Errorf("%w: boltstore: DEK generation must be at least 1", keystore.ErrInvalidValue)
+	}
+	if (row.ZoneKeyVersion == 0) == (row.KEKVersion == 0) {
+		return nil, fmt.Errorf("%w: boltstore: a DEK row has either a zone-key version or, pending, a KEK version (got %d and %d)",
+			keystore.ErrInvalidValue, row.ZoneKeyVersion, row.KEKVersion)
+	}
+	if err := checkName("zone", row.Zone); err != nil {
+		return nil, err
+	}
+	if err := checkName("subject", row.Subject); err != nil {
+		return nil, err
+	}
+	sk := binary.BigEndian.AppendUint32(subjectPrefix(row.Zone, row.Subject), row.Generation)
+	if err := checkKey("zone and subject", sk); err != nil {
+		return nil, err
+	}
+	return sk, nil
 }
 
 // DEK implements keystore.Store.
@@ -570,7 +631,8 @@ func (s *Store) ScanDEKs(ctx context.Context, zone string, cursor string, limit 
 	return rows, next, nil
 }
 
-// UpdateDEKWrap implements keystore.RotationStore.
+// UpdateDEKWrap implements keystore.RotationStore. It adopts a pending row
+// (prevZoneKeyVersion 0) the same way, clearing its KEK version.
 func (s *Store) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKeyVersion uint32, prevWrapped []byte, wrapped []byte, zoneKeyVersion uint32) error {
 	if err := s.check(ctx); err != nil {
 		return err
@@ -594,7 +656,7 @@ func (s *Store) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKe
 		if row.ZoneKeyVersion != prevZoneKeyVersion || !bytes.Equal(row.Wrapped, prevWrapped) {
 			return fmt.Errorf("%w: DEK %s was rewrapped by another process", keystore.ErrConflict, id)
 		}
-		row.Wrapped, row.ZoneKeyVersion = wrapped, zoneKeyVersion
+		row.Wrapped, row.ZoneKeyVersion, row.KEKVersion = wrapped, zoneKeyVersion, 0
 		nv, err := encodeDEK(row)
 		if err != nil {
 			return err

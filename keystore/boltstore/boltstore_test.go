@@ -252,9 +252,11 @@ func TestInvalidRows(t *testing.T) {
 		{"ZoneKeyVersion0", s.CreateZoneKey(ctx, keystore.ZoneKeyRow{Zone: "eu", Version: 0, ID: "a"})},
 		{"ZoneKeyLongZone", s.CreateZoneKey(ctx, keystore.ZoneKeyRow{Zone: long, Version: 1, ID: "b"})},
 		{"ZoneKeyLongID", s.CreateZoneKey(ctx, keystore.ZoneKeyRow{Zone: "eu", Version: 1, ID: strings.Repeat("i", bolt.MaxKeySize+1)})},
-		{"DEKGeneration0", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: "a", Generation: 0})},
-		{"DEKLongZone", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: long, Subject: "a", Generation: 1})},
-		{"DEKLongSubject", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: wraps, Generation: 1})},
+		{"DEKGeneration0", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: "a", Generation: 0, ZoneKeyVersion: 1})},
+		{"DEKLongZone", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: long, Subject: "a", Generation: 1, ZoneKeyVersion: 1})},
+		{"DEKLongSubject", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: wraps, Generation: 1, ZoneKeyVersion: 1})},
+		{"DEKNoVersion", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: "ab", Generation: 1})},
+		{"DEKBothVersions", s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: "ab", Generation: 1, ZoneKeyVersion: 1, KEKVersion: 1})},
 	} {
 		require.ErrorIs(t, tc.err, keystore.ErrInvalidValue, tc.name)
 	}
@@ -267,9 +269,9 @@ func TestInvalidRows(t *testing.T) {
 	// The longest subject that fits a bbolt key is accepted, one more byte
 	// is refused.
 	longest := strings.Repeat("x", bolt.MaxKeySize-len(subjectPrefix("eu", ""))-4)
-	err = s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: longest + "x", Generation: 1})
+	err = s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: longest + "x", Generation: 1, ZoneKeyVersion: 1})
 	require.ErrorIs(t, err, keystore.ErrInvalidValue)
-	require.NoError(t, s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: longest, Generation: 1}))
+	require.NoError(t, s.CreateDEK(ctx, keystore.DEKRow{ID: envelope.NewKeyID(), Zone: "eu", Subject: longest, Generation: 1, ZoneKeyVersion: 1}))
 	_, err = s.LatestDEK(ctx, "eu", longest)
 	require.NoError(t, err)
 	err = s.CreateZoneKey(ctx, keystore.ZoneKeyRow{Zone: "eu", Version: 1, ID: ""})
