@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"math"
 
+	"github.com/zonekey/zonekey"
 	"github.com/zonekey/zonekey/keystore"
 )
 
@@ -72,10 +74,6 @@ The result is printed as text, or as one JSON object with --json:
 			case set["retire-through"] && (*retire < 1 || *retire > math.MaxUint32):
 				return c.usageError("--retire-through must be a version from 1 to %d, not %d", uint32(math.MaxUint32), *retire)
 			}
-			path, code, ok := c.configPath(*config)
-			if !ok {
-				return code
-			}
 			r := &reindexRun{cmdContext: c, zone: *zone, purpose: keystore.AuxIndex, name: *index, asJSON: *asJSON}
 			if *det != "" {
 				r.purpose, r.name = keystore.AuxDeterministic, *det
@@ -88,7 +86,7 @@ The result is printed as text, or as one JSON object with --json:
 			default:
 				r.operation = "status"
 			}
-			return r.run(path, uint32(*retire))
+			return r.run(*config, uint32(*retire))
 		}
 	},
 }
@@ -114,14 +112,15 @@ type reindexResult struct {
 	ErrorKind      string   `json:"error_kind,omitempty"`
 }
 
-func (r *reindexRun) run(path string, through uint32) int {
-	ctx, stop, cl, _, err := openClient(path)
-	if err != nil {
-		return r.fail(err)
-	}
-	defer stop()
-	defer cl.Close()
-	kr := cl.Keyring()
+func (r *reindexRun) run(configFlag string, through uint32) int {
+	return r.withClient(configFlag, r.fail, func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
+		return r.change(ctx, cl.Keyring(), through)
+	})
+}
+
+// change does the operation, if any, and reports the key's status.
+func (r *reindexRun) change(ctx context.Context, kr *keystore.Keyring, through uint32) int {
+	var err error
 	switch r.operation {
 	case "start":
 		_, err = kr.RotateAuxKey(ctx, r.zone, r.purpose, r.name)

@@ -103,26 +103,22 @@ failure "ok" is false and "error" and "error_kind" say why.`,
 			case set["retire-below"] && (*retire < 1 || *retire > math.MaxUint32):
 				return c.usageError("--retire-below must be a KEK version from 1 to %d, not %d", uint32(math.MaxUint32), *retire)
 			}
-			path, code, ok := c.configPath(*config)
-			if !ok {
-				return code
-			}
 			r := &rotateRun{cmdContext: c, zone: *zone, asJSON: *asJSON}
 			switch {
 			case *zoneKey:
-				return r.run(path, "zone-key", func(ctx context.Context, cl *zonekey.Client, cfg zonekey.Config) int {
+				return r.run(*config, "zone-key", func(ctx context.Context, cl *zonekey.Client, cfg zonekey.Config) int {
 					return r.zoneKey(ctx, cl, cfg, *batch)
 				})
 			case set["retire-below"]:
-				return r.run(path, "retire", func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
+				return r.run(*config, "retire", func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
 					return r.retire(ctx, cl, uint32(*retire))
 				})
 			case *rewrapOnly:
-				return r.run(path, "rewrap", func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
+				return r.run(*config, "rewrap", func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
 					return r.kek(ctx, cl, false)
 				})
 			default:
-				return r.run(path, "kek", func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
+				return r.run(*config, "kek", func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
 					return r.kek(ctx, cl, true)
 				})
 			}
@@ -162,6 +158,25 @@ func countTrue(bs ...bool) int {
 		}
 	}
 	return n
+}
+
+// withClient is the prologue of the key commands, run once their flags are
+// checked: it finds the configuration file (configFlag, else $ZONEKEY_CONFIG;
+// neither is a usage error), opens its client and returns what op returns,
+// run with the client under a context that SIGINT and SIGTERM cancel. If the
+// client cannot be opened, it returns fail(err) instead.
+func (c *cmdContext) withClient(configFlag string, fail func(error) int, op func(context.Context, *zonekey.Client, zonekey.Config) int) int {
+	path, code, ok := c.configPath(configFlag)
+	if !ok {
+		return code
+	}
+	ctx, stop, cl, cfg, err := openClient(path)
+	if err != nil {
+		return fail(err)
+	}
+	defer stop()
+	defer cl.Close()
+	return op(ctx, cl, cfg)
 }
 
 // openClient loads the configuration at path and opens its client, under a
@@ -218,16 +233,11 @@ type rotateResult struct {
 	ErrorKind string `json:"error_kind,omitempty"`
 }
 
-// run opens the client and runs op with it.
-func (r *rotateRun) run(path, operation string, op func(context.Context, *zonekey.Client, zonekey.Config) int) int {
+// run opens the client of the configuration configFlag names and runs op
+// with it.
+func (r *rotateRun) run(configFlag, operation string, op func(context.Context, *zonekey.Client, zonekey.Config) int) int {
 	r.operation = operation
-	ctx, stop, cl, cfg, err := openClient(path)
-	if err != nil {
-		return r.fail(rotateResult{}, err, "")
-	}
-	defer stop()
-	defer cl.Close()
-	return op(ctx, cl, cfg)
+	return r.withClient(configFlag, func(err error) int { return r.fail(rotateResult{}, err, "") }, op)
 }
 
 func (r *rotateRun) kek(ctx context.Context, cl *zonekey.Client, rotate bool) int {
@@ -469,11 +479,7 @@ on failure "ok" is false and "error" and "error_kind" say why.`,
 			if len(args) > 0 {
 				return c.usageError("unexpected arguments %q", args)
 			}
-			path, code, ok := c.configPath(*config)
-			if !ok {
-				return code
-			}
-			return keysList(c, path, *zone, *asJSON)
+			return keysList(c, *config, *zone, *asJSON)
 		}
 	},
 }
@@ -495,7 +501,7 @@ type keysResult struct {
 	ErrorKind string    `json:"error_kind,omitempty"`
 }
 
-func keysList(c *cmdContext, path, zone string, asJSON bool) int {
+func keysList(c *cmdContext, configFlag, zone string, asJSON bool) int {
 	fail := func(err error) int {
 		if asJSON {
 			return writeJSON(c, keysResult{Keys: []keyInfo{}, Error: err.Error(), ErrorKind: errorKind(err)}, exitFail)
@@ -503,38 +509,44 @@ func keysList(c *cmdContext, path, zone string, asJSON bool) int {
 		fmt.Fprintf(c.stderr, "zonekey %s: %v\n", c.cmd.name, err)
 		return exitFail
 	}
-	ctx, stop, cl, _, err := openClient(path)
-	if err != nil {
-		return fail(err)
-	}
-	defer stop()
-	defer cl.Close()
+	return c.withClient(configFlag, fail, func(ctx context.Context, cl *zonekey.Client, _ zonekey.Config) int {
+		keys, err := zoneKeys(ctx, cl.Keyring(), zone)
+		if err != nil {
+			return fail(err)
+		}
+		if asJSON {
+			return writeJSON(c, keysResult{OK: true, Keys: keys}, exitOK)
+		}
+		tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "ZONE\tVERSION\tKEY ID\tKEK VERSION\tCREATED\tDEKS")
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%d\n", k.Zone, k.Version, k.ID, k.KEKVersion, k.Created.Format(time.RFC3339), k.DEKs)
+		}
+		tw.Flush()
+		return exitOK
+	})
+}
+
+// zoneKeys lists the zone-key versions of zone, or of every zone if zone is
+// "".
+func zoneKeys(ctx context.Context, kr *keystore.Keyring, zone string) ([]keyInfo, error) {
 	zones := []string{zone}
 	if zone == "" {
-		zones = cl.Keyring().Zones()
+		zones = kr.Zones()
 		slices.Sort(zones)
 	}
 	keys := []keyInfo{}
 	for _, z := range zones {
-		st, err := cl.Keyring().ZoneKeyStatus(ctx, z)
+		st, err := kr.ZoneKeyStatus(ctx, z)
 		if err != nil {
 			if !strings.Contains(err.Error(), fmt.Sprintf("zone %q", z)) {
 				err = fmt.Errorf("zone %q: %w", z, err)
 			}
-			return fail(err)
+			return nil, err
 		}
 		for _, s := range st {
 			keys = append(keys, keyInfo{Zone: s.Zone, Version: s.Version, ID: s.ID, KEKVersion: s.KEKVersion, Created: s.Created, DEKs: s.DEKs})
 		}
 	}
-	if asJSON {
-		return writeJSON(c, keysResult{OK: true, Keys: keys}, exitOK)
-	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ZONE\tVERSION\tKEY ID\tKEK VERSION\tCREATED\tDEKS")
-	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%d\n", k.Zone, k.Version, k.ID, k.KEKVersion, k.Created.Format(time.RFC3339), k.DEKs)
-	}
-	tw.Flush()
-	return exitOK
+	return keys, nil
 }
