@@ -43,7 +43,19 @@ type credential struct {
 // was revoked or expired early, or a token file that an agent has since
 // rewritten), the token is dropped, a fresh one obtained once, and fn run
 // once more.
+//
+// An error saying that the key does not exist makes the next call check the
+// key again (ensureKey), so that a key deleted and created anew under the
+// same name, perhaps not derived, is never used unchecked.
 func (c *Custodian) withToken(ctx context.Context, op string, fn func(token string) error) error {
+	err := c.withTokenOnce(ctx, op, fn)
+	if keyGone(err) {
+		c.checked.Store(false)
+	}
+	return err
+}
+
+func (c *Custodian) withTokenOnce(ctx context.Context, op string, fn func(token string) error) error {
 	cred, err := c.credential(ctx, op)
 	if err != nil {
 		return err

@@ -170,3 +170,20 @@ func writeFile(path, content string) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// requireNoKey checks that Vault has no Transit key of that name.
+func requireNoKey(t *testing.T, root *api.Client, name, msg string) {
+	t.Helper()
+	s, err := root.Logical().Read("transit/keys/" + name)
+	require.NoError(t, err)
+	require.Nil(t, s, "%s: Vault has a key %s", msg, name)
+}
+
+// tokenWithPolicy returns a token of a new policy with the given rules.
+func tokenWithPolicy(t *testing.T, root *api.Client, name, rules string) string {
+	t.Helper()
+	require.NoError(t, root.Sys().PutPolicy(name, rules))
+	s, err := root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{name}, NoParent: true})
+	require.NoError(t, err)
+	return s.Auth.ClientToken
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/zonekey/zonekey/internal/errs"
 	"github.com/zonekey/zonekey/kms"
@@ -24,8 +25,8 @@ func (c *Custodian) CreateKey(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.closed.Load() {
-		return c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return err
 	}
 	return c.withToken(ctx, op, func(tok string) error {
 		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys"), map[string]any{
@@ -54,8 +55,8 @@ func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if c.closed.Load() {
-		return 0, c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return 0, err
 	}
 	var v uint32
 	err := c.withToken(ctx, op, func(tok string) error {
@@ -85,8 +86,8 @@ func (c *Custodian) Rewrap(ctx context.Context, w kms.Wrapped, b kms.Binding) (k
 	if err := ctx.Err(); err != nil {
 		return kms.Wrapped{}, err
 	}
-	if c.closed.Load() {
-		return kms.Wrapped{}, c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return kms.Wrapped{}, err
 	}
 	if err := checkWrapped(w, b); err != nil {
 		return kms.Wrapped{}, fmt.Errorf("%w: vault: rewrap %v: %v", kms.ErrTampered, b, err)
@@ -102,8 +103,8 @@ func (c *Custodian) KEKVersions(ctx context.Context) (minLive, primary uint32, e
 	if err := ctx.Err(); err != nil {
 		return 0, 0, err
 	}
-	if c.closed.Load() {
-		return 0, 0, c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return 0, 0, err
 	}
 	err = c.withToken(ctx, op, func(tok string) error {
 		s, err := c.settings(ctx, tok, op)
@@ -144,8 +145,8 @@ func (c *Custodian) RetireBelow(ctx context.Context, v uint32) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.closed.Load() {
-		return c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return err
 	}
 	return c.withToken(ctx, op, func(tok string) error {
 		s, err := c.settings(ctx, tok, op)
@@ -184,8 +185,8 @@ func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.closed.Load() {
-		return c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return err
 	}
 	return c.withToken(ctx, op, func(tok string) error {
 		s, err := c.settings(ctx, tok, op)
@@ -220,6 +221,65 @@ func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
 		clear(resp.body)
 		return nil
 	})
+}
+
+// Destroy deletes the Transit key, with every version, for the shred of
+// the whole zone: nothing wrapped under it can be unwrapped again, by
+// anyone. Vault refuses to delete a key whose deletion_allowed is false;
+// Destroy then sets it (transit/keys/KEY/config) and deletes again. A key
+// that does not exist counts as destroyed, so Destroy can be repeated, from
+// any process.
+//
+// Afterwards every method of this custodian, but Close and Destroy, fails
+// with kms.ErrUnknownKey, without asking Vault. This matters for Wrap:
+// Vault's encrypt creates a missing key when the token may create keys (an
+// "upsert"), and would create a new derived key of the same name, under
+// which a wrap would silently succeed. Other custodians find the key
+// missing when they next check it; docs/vault.md describes what each sees.
+//
+// The token needs delete on MOUNT/keys/KEY and, unless deletion_allowed is
+// set already, update on MOUNT/keys/KEY/config. Without delete, nothing is
+// changed (kms.ErrDenied).
+func (c *Custodian) Destroy(ctx context.Context) error {
+	const op = "destroying the key"
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.closed.Load() {
+		return c.closedError(op)
+	}
+	err := c.withToken(ctx, op, func(tok string) error {
+		err := c.deleteKey(ctx, op, tok)
+		var ve *vaultError
+		if !errors.As(err, &ve) || !strings.Contains(ve.detail, "deletion is not allowed") {
+			return err
+		}
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys")+"/config",
+			map[string]any{"deletion_allowed": true}, retryTransient)
+		if keyGone(err) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		clear(resp.body)
+		return c.deleteKey(ctx, op, tok)
+	})
+	if err != nil {
+		return err
+	}
+	c.destroyed.Store(true)
+	c.checked.Store(false)
+	return nil
+}
+
+// deleteKey deletes the key; one that does not exist is no error.
+func (c *Custodian) deleteKey(ctx context.Context, op, tok string) error {
+	_, err := c.send(ctx, op, tok, http.MethodDelete, c.keyPath("keys"), nil, retryTransient)
+	if keyGone(err) {
+		return nil
+	}
+	return err
 }
 
 // WrapRequest is one key to wrap in a WrapBatch.
@@ -325,8 +385,8 @@ func (c *Custodian) checkBatch(ctx context.Context, op string, n int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if c.closed.Load() {
-		return c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return err
 	}
 	if n > MaxBatch {
 		return fmt.Errorf("%w: vault: %s of %d items, more than the %d allowed", errs.InvalidValue, op, n, MaxBatch)
@@ -351,6 +411,9 @@ func (c *Custodian) batch(ctx context.Context, op, action string, items []transi
 			"batch_input":                   items,
 			"partial_failure_response_code": http.StatusOK,
 		}, retryTransient)
+		if action == "encrypt" && isForbidden(err) {
+			return c.whyForbidden(ctx, tok, err)
+		}
 		if resp == nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 
 	"github.com/zonekey/zonekey/internal/errs"
 	"github.com/zonekey/zonekey/kms"
@@ -92,8 +93,8 @@ func (c *Custodian) Wrap(ctx context.Context, key []byte, b kms.Binding) (kms.Wr
 	if err := ctx.Err(); err != nil {
 		return kms.Wrapped{}, err
 	}
-	if c.closed.Load() {
-		return kms.Wrapped{}, c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return kms.Wrapped{}, err
 	}
 	if len(key) == 0 || len(key) > MaxKeySize {
 		return kms.Wrapped{}, fmt.Errorf("%w: vault: wrap %v: key is %d bytes, want 1 to %d", errs.InvalidValue, b, len(key), MaxKeySize)
@@ -113,6 +114,9 @@ func (c *Custodian) wrapAt(ctx context.Context, op, endpoint string, item transi
 			return err
 		}
 		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath(endpoint), item, retryTransient)
+		if endpoint == "encrypt" && isForbidden(err) {
+			return c.whyForbidden(ctx, tok, err)
+		}
 		if err != nil {
 			return err
 		}
@@ -142,8 +146,8 @@ func (c *Custodian) Unwrap(ctx context.Context, w kms.Wrapped, b kms.Binding) ([
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if c.closed.Load() {
-		return nil, c.closedError(op)
+	if err := c.usable(op); err != nil {
+		return nil, err
 	}
 	if err := checkWrapped(w, b); err != nil {
 		return nil, fmt.Errorf("%w: vault: unwrap %v: %v", kms.ErrTampered, b, err)
@@ -231,27 +235,34 @@ func (c *Custodian) badAnswer(op string, status int) error {
 }
 
 // ensureKey checks, once per custodian, that the Transit key exists and is
-// a derived encryption key, so that bindings are enforced. With a token
-// allowed to read transit/keys/KEY it checks the key's settings; otherwise
-// it probes with a request that only a derived key refuses for a missing
-// context (a decrypt, which never creates a key; then, if the probe's
-// version is retired, an encrypt, now that the key is known to exist).
+// a derived encryption key, so that bindings are enforced (see checkKey).
+// An answer that the key does not exist, to any request, makes the next
+// call check again (withToken).
 func (c *Custodian) ensureKey(ctx context.Context, tok string) error {
 	if c.checked.Load() {
 		return nil
 	}
+	if err := c.checkKey(ctx, tok); err != nil {
+		return err
+	}
+	c.checked.Store(true)
+	return nil
+}
+
+// checkKey checks that the Transit key exists and is a derived encryption
+// key. With a token allowed to read transit/keys/KEY it checks the key's
+// settings; otherwise it probes with requests that only a derived key
+// refuses for a missing context and that never create a key (probeDerived),
+// so that a token allowed to decrypt, or only to encrypt, needs no more.
+func (c *Custodian) checkKey(ctx context.Context, tok string) error {
 	const op = "checking the key"
 	resp, err := c.send(ctx, op, tok, http.MethodGet, c.keyPath("keys"), nil, retryTransient)
 	switch {
 	case err == nil:
 		defer clear(resp.body)
-		if err := c.checkSettings(op, resp); err != nil {
-			return err
-		}
+		return c.checkSettings(op, resp)
 	case isForbidden(err):
-		if err := c.probeDerived(ctx, tok); err != nil {
-			return err
-		}
+		return c.probeDerived(ctx, tok)
 	default:
 		var ve *vaultError
 		if errors.As(err, &ve) && ve.status == http.StatusNotFound {
@@ -259,13 +270,52 @@ func (c *Custodian) ensureKey(ctx context.Context, tok string) error {
 		}
 		return err
 	}
-	c.checked.Store(true)
-	return nil
+}
+
+// whyForbidden is called when Vault refused an encrypt with 403. For a key
+// that does not exist Vault's encrypt is a create (an "upsert"), which a
+// token allowed only to update is refused: that 403 then means the key is
+// gone, not that the caller is out of its policy. whyForbidden checks the
+// key again and returns the error that says it is missing, or denied if the
+// check cannot tell.
+func (c *Custodian) whyForbidden(ctx context.Context, tok string, denied error) error {
+	if err := c.checkKey(ctx, tok); keyGone(err) {
+		return err
+	}
+	return denied
 }
 
 func (c *Custodian) missingKey(op string) error {
-	return fmt.Errorf("%w: vault: %s: no Transit key %s/keys/%s at %s (create it with derived=true, see docs/vault.md, or open with create=1)",
-		kms.ErrUnknownKey, op, c.mount, c.key, c.addr)
+	return &missingKeyError{msg: fmt.Sprintf("%v: vault: %s: no Transit key %s/keys/%s at %s (create it with derived=true, see docs/vault.md, or open with create=1)",
+		kms.ErrUnknownKey, op, c.mount, c.key, c.addr)}
+}
+
+// missingKeyError reports that the Transit key does not exist. It wraps
+// kms.ErrUnknownKey.
+type missingKeyError struct{ msg string }
+
+func (e *missingKeyError) Error() string { return e.msg }
+func (e *missingKeyError) Unwrap() error { return kms.ErrUnknownKey }
+
+// keyGoneMessages are Vault's answers (as of Vault 1.21) to a request on a
+// Transit key that does not exist: encrypt (with upserts disabled),
+// decrypt and rewrap; rotate; config; delete.
+var keyGoneMessages = []string{
+	"encryption key not found",
+	"key not found",
+	"no existing key named",
+	"could not delete key; not found",
+}
+
+// keyGone reports whether err says that the Transit key does not exist.
+func keyGone(err error) bool {
+	var mk *missingKeyError
+	if errors.As(err, &mk) {
+		return true
+	}
+	var ve *vaultError
+	return errors.As(err, &ve) && ve.class == kms.ErrUnknownKey &&
+		containsAny(strings.ToLower(ve.detail), keyGoneMessages)
 }
 
 // keySettings is the part of transit/keys/KEY the driver uses.
@@ -318,18 +368,21 @@ func (c *Custodian) checkSettings(op string, resp *response) error {
 	return nil
 }
 
-// probeDerived finds out with encrypt and decrypt permissions only whether
-// the key is derived.
+// probeDerived finds out with the decrypt or the encrypt permission alone
+// whether the key is derived: first with a decrypt without a context (which
+// never creates a key), then, if the token may not decrypt or the probe's
+// version is retired, with an encrypt (probeEncrypt).
 func (c *Custodian) probeDerived(ctx context.Context, tok string) error {
 	const op = "probing the key"
-	notDerived := fmt.Errorf("%w: vault: Transit key %s/keys/%s at %s is not derived (derived=false): Vault would ignore the zone-key binding; create a new key with derived=true (see docs/vault.md)",
-		kms.ErrConfig, c.mount, c.key, c.addr)
 	probe := "vault:v1:" + base64.StdEncoding.EncodeToString(make([]byte, minRaw))
 	_, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("decrypt"), map[string]string{"ciphertext": probe}, retryTransient)
 	var ve *vaultError
 	switch {
 	case err == nil:
-		return notDerived // cannot happen: zeros do not authenticate
+		return c.notDerived() // cannot happen: zeros do not authenticate
+	case isForbidden(err):
+		// A token that may not decrypt, such as a wrap-only role's.
+		return c.probeEncrypt(ctx, tok)
 	case !errors.As(err, &ve) || ve.status != http.StatusBadRequest:
 		return err
 	case containsAny(ve.detail, []string{"missing 'context'"}):
@@ -337,20 +390,48 @@ func (c *Custodian) probeDerived(ctx context.Context, tok string) error {
 	case containsAny(ve.detail, []string{"encryption key not found"}):
 		return c.missingKey(op)
 	case containsAny(ve.detail, []string{"too old"}):
-		// Version 1 is retired, so the key exists: an encrypt cannot
-		// create it.
-		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("encrypt"), map[string]string{"plaintext": "AA=="}, retryTransient)
-		if err == nil {
-			clear(resp.body)
-			return notDerived
-		}
-		if errors.As(err, &ve) && ve.status == http.StatusBadRequest && containsAny(ve.detail, []string{"missing 'context'"}) {
-			return nil
-		}
-		return err
+		// Version 1 is retired, so the key exists.
+		return c.probeEncrypt(ctx, tok)
 	case ve.class == kms.ErrTampered:
-		return notDerived // the key was used without a context
+		return c.notDerived() // the key was used without a context
 	default:
 		return err
 	}
+}
+
+// probeEncrypt finds out with the encrypt permission alone whether the key
+// is derived: an encrypt without a context, which a derived key refuses as
+// such, and a key that is not derived performs (on one zero byte).
+//
+// Vault's encrypt creates a missing key when the token may create (an
+// "upsert"), and would create one that is not derived for a request without
+// a context. The probe therefore asks for convergent encryption: Vault
+// reads convergent_encryption only when it creates the key, and refuses to
+// create a convergent key without a context. So the probe never creates a
+// key; for a missing key it gets that refusal (a token that may create) or
+// 403 (one that may not).
+func (c *Custodian) probeEncrypt(ctx context.Context, tok string) error {
+	const op = "probing the key"
+	resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("encrypt"),
+		map[string]any{"plaintext": "AA==", "convergent_encryption": true}, retryTransient)
+	if err == nil {
+		clear(resp.body)
+		return c.notDerived()
+	}
+	var ve *vaultError
+	if errors.As(err, &ve) && ve.status == http.StatusBadRequest {
+		switch {
+		case containsAny(ve.detail, []string{"missing 'context'"}):
+			return nil
+		case containsAny(ve.detail, []string{"convergent encryption requires derivation"}):
+			// Only the creation of a key reaches that check.
+			return c.missingKey(op)
+		}
+	}
+	return err
+}
+
+func (c *Custodian) notDerived() error {
+	return fmt.Errorf("%w: vault: Transit key %s/keys/%s at %s is not derived (derived=false): Vault would ignore the zone-key binding; create a new key with derived=true (see docs/vault.md)",
+		kms.ErrConfig, c.mount, c.key, c.addr)
 }

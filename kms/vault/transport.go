@@ -130,9 +130,17 @@ func (c *Custodian) attempt(ctx context.Context, op, token, method, path string,
 		resp *api.Response
 		err  error
 	)
-	if method == http.MethodGet {
+	switch method {
+	case http.MethodGet:
 		resp, err = cl.Logical().ReadRawWithContext(actx, path)
-	} else {
+	case http.MethodDelete:
+		// The client has no raw delete; Vault answers a delete with 204
+		// and no body, or with an error.
+		_, err = cl.Logical().DeleteWithContext(actx, path)
+		if err == nil {
+			return &response{status: http.StatusNoContent}, nil
+		}
+	default:
 		resp, err = cl.Logical().WriteRawWithContext(actx, path, data)
 	}
 	var body []byte
@@ -215,6 +223,7 @@ var (
 		"version is too new",
 		"no existing key named",
 		"could not find key",
+		"could not delete key; not found",
 	}
 )
 

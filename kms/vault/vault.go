@@ -41,7 +41,29 @@
 // derived key's context is honoured by encrypt, decrypt and rewrap alike. A
 // non-derived key would silently ignore the context, so the driver checks
 // the key once before its first use and refuses one that is not derived
-// (kms.ErrConfig); see [Custodian.CreateKey] to make a suitable key.
+// (kms.ErrConfig); see [Custodian.CreateKey] to make a suitable key. The
+// check reads the key's settings if the token may, and otherwise probes
+// with requests that need only the decrypt, or only the encrypt, permission
+// and never create a key. Any answer that the key does not exist makes the
+// driver check again before the key's next use.
+//
+// Vault's encrypt creates a missing key (an "upsert") when the token may
+// create on MOUNT/encrypt/KEY, and with a context the new key is derived.
+// Policies should therefore grant update, never create, on encrypt, and
+// the mount should have upserts off (transit/config/keys
+// disable_upsert=true); docs/vault.md explains.
+//
+// # Destroying the key
+//
+// [Custodian.Destroy] deletes the Transit key, every version, for the
+// shred of the whole zone, setting deletion_allowed first if Vault refuses
+// the delete without it. The custodian then refuses every call with
+// kms.ErrUnknownKey without asking Vault, so that a wrap can never reach a
+// key of the same name created anew by an upsert. Other custodians of the
+// key see kms.ErrUnknownKey, or kms.ErrDenied where their token may only
+// encrypt; docs/vault.md lists, as measured, what each kind of token sees,
+// including the one case (a token that may create, upserts on, a wrap
+// before anything else) where Vault re-creates the key.
 //
 // # Ciphertext
 //
@@ -211,8 +233,8 @@ type Config struct {
 }
 
 // Custodian wraps and unwraps zone keys with one Vault Transit key. It
-// implements kms.Custodian and kms.KeyManager, and is safe for concurrent
-// use.
+// implements kms.Custodian, kms.KeyManager and kms.Destroyer, and is safe
+// for concurrent use.
 type Custodian struct {
 	client    *api.Client
 	transport *http.Transport
@@ -227,8 +249,9 @@ type Custodian struct {
 	attempts  int
 	cacheSize int
 
-	checked atomic.Bool // the key was found to be a derived encryption key
-	closed  atomic.Bool
+	checked   atomic.Bool // the key was found to be a derived encryption key
+	closed    atomic.Bool
+	destroyed atomic.Bool // Destroy deleted the key
 
 	mu       sync.Mutex
 	static   string                  // the token of AuthToken
@@ -239,6 +262,7 @@ type Custodian struct {
 var (
 	_ kms.Custodian  = (*Custodian)(nil)
 	_ kms.KeyManager = (*Custodian)(nil)
+	_ kms.Destroyer  = (*Custodian)(nil)
 )
 
 // Open returns a custodian for the Transit key cfg names. It contacts Vault
@@ -749,4 +773,17 @@ func (c *Custodian) Close() error {
 
 func (c *Custodian) closedError(op string) error {
 	return fmt.Errorf("vault: %s: custodian for %s/keys/%s is closed: %w", op, c.mount, c.key, errs.Closed)
+}
+
+// usable reports why the custodian may not be used any more, if it may
+// not: it is closed, or it destroyed its key.
+func (c *Custodian) usable(op string) error {
+	if c.closed.Load() {
+		return c.closedError(op)
+	}
+	if c.destroyed.Load() {
+		return fmt.Errorf("%w: vault: %s: this custodian destroyed the Transit key %s/keys/%s at %s; it wraps and unwraps nothing more, even if a key of that name exists again",
+			kms.ErrUnknownKey, op, c.mount, c.key, c.addr)
+	}
+	return nil
 }

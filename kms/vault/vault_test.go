@@ -25,6 +25,7 @@ type harness struct {
 	host      string // of the dev server
 	root      *api.Client
 	tokenFile string
+	urls      map[kms.Custodian]string // each custodian's URL, for Reopen
 }
 
 func (h *harness) MakeCustodians(ctx context.Context) (kms.Custodian, kms.Custodian, error) {
@@ -42,8 +43,18 @@ func (h *harness) MakeCustodians(ctx context.Context) (kms.Custodian, kms.Custod
 			return nil, nil, err
 		}
 		cs[i] = c
+		h.urls[c] = u
 	}
 	return cs[0], cs[1], nil
+}
+
+// Reopen opens c's URL again, as another process would.
+func (h *harness) Reopen(ctx context.Context, c kms.Custodian) (kms.Custodian, error) {
+	u, ok := h.urls[c]
+	if !ok {
+		return nil, fmt.Errorf("not a custodian of this harness: %v", c)
+	}
+	return kms.Open(ctx, u)
 }
 
 func (h *harness) Rotate(ctx context.Context, c kms.Custodian) (uint32, error) {
@@ -52,10 +63,15 @@ func (h *harness) Rotate(ctx context.Context, c kms.Custodian) (uint32, error) {
 
 func (h *harness) Close() {}
 
+var (
+	_ kmstest.Rotator  = (*harness)(nil)
+	_ kmstest.Reopener = (*harness)(nil)
+)
+
 func TestConformance(t *testing.T) {
 	kmstest.RunConformanceTests(t, func(ctx context.Context, t *testing.T) (kmstest.Harness, error) {
 		srv, root := startVault(t)
-		return &harness{host: hostPort(t, srv.Addr), root: root, tokenFile: writeToken(t, srv.Token)}, nil
+		return &harness{host: hostPort(t, srv.Addr), root: root, tokenFile: writeToken(t, srv.Token), urls: map[kms.Custodian]string{}}, nil
 	})
 }
 
@@ -223,6 +239,7 @@ func TestClosed(t *testing.T) {
 	require.ErrorIs(t, c.DestroyBelow(t.Context(), 1), errs.Closed)
 	_, err = c.WrapBatch(t.Context(), []vault.WrapRequest{{Key: randomKey(t), Binding: b}})
 	require.ErrorIs(t, err, errs.Closed)
+	require.ErrorIs(t, c.Destroy(t.Context()), errs.Closed)
 }
 
 // TestKeyChecks shows that a key that would ignore bindings is refused,
@@ -297,6 +314,47 @@ path "transit/decrypt/*" { capabilities = ["update"] }
 	s, err := root.Logical().Read("transit/keys/" + missing)
 	require.NoError(t, err)
 	require.Nil(t, s)
+}
+
+// TestEncryptOnlyKeyCheck checks the driver's derived-key check with a
+// token that may only encrypt: it tells a derived key from one that is
+// not, and never creates a missing key, even when the token may create
+// keys through encrypt.
+func TestEncryptOnlyKeyCheck(t *testing.T) {
+	srv, root := startVault(t)
+	ctx := t.Context()
+	derived, plain, missing := randomName("derived"), randomName("plain"), randomName("missing")
+	createKey(t, root, derived, true)
+	createKey(t, root, plain, false)
+	encryptOnly := tokenWithPolicy(t, root, "encrypt-only", `
+path "transit/encrypt/*" { capabilities = ["update"] }
+`)
+	mayCreate := tokenWithPolicy(t, root, "encrypt-create", `
+path "transit/encrypt/*" { capabilities = ["create", "update"] }
+`)
+	for _, tc := range []struct {
+		name    string
+		token   string
+		missing error // what a wrap under the missing key reports
+	}{
+		{"update", encryptOnly, kms.ErrDenied},   // encrypt of a missing key is a create: refused
+		{"create", mayCreate, kms.ErrUnknownKey}, // the probe's create is refused as such
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := binding("eu")
+			w, err := openToken(t, srv.Addr, tc.token, derived).Wrap(ctx, randomKey(t), b)
+			require.NoError(t, err)
+			require.Equal(t, uint32(1), w.KEKVersion)
+
+			_, err = openToken(t, srv.Addr, tc.token, plain).Wrap(ctx, randomKey(t), b)
+			require.ErrorIs(t, err, kms.ErrConfig)
+			require.ErrorContains(t, err, "not derived")
+
+			_, err = openToken(t, srv.Addr, tc.token, missing).Wrap(ctx, randomKey(t), b)
+			require.ErrorIs(t, err, tc.missing)
+			requireNoKey(t, root, missing, "after the key check")
+		})
+	}
 }
 
 func TestCreateKey(t *testing.T) {
