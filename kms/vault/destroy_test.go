@@ -144,6 +144,10 @@ func TestDestroyElsewhere(t *testing.T) {
 	root := z.root
 	ctx := t.Context()
 	eu := caller(ctx, "europe-west1", z.token(t, "europe-west1"))
+	require.NoError(t, root.Sys().PutPolicy("eu-wrap-only", wrapOnlyPolicy))
+	_, err := root.Logical().Write("auth/jwt/role/eu-wrap-from-us", wrapOnlyRole())
+	require.NoError(t, err)
+	us := caller(ctx, "us-east1", z.token(t, "us-east1"))
 	require.NoError(t, openToken(t, z.srv.Addr, z.srv.Token, "eu-users").Destroy(ctx), "the key setupZoneVault made")
 
 	// Each case destroys a fresh eu-users after the other custodian has
@@ -186,6 +190,15 @@ func TestDestroyElsewhere(t *testing.T) {
 		_, err = o.c.Rewrap(o.ctx, w, b)
 		require.ErrorIs(t, err, kms.ErrUnknownKey)
 		requireNoKey(t, root, "eu-users", "after the application's calls")
+	})
+
+	t.Run("wrap-only role", func(t *testing.T) {
+		// Encrypt only: the 403 for the missing key cannot be told from a
+		// refusal, and is reported as one.
+		o, _, b := setUp(t, func() other { return other{openWrapOnly(t, z.srv.Addr), us} })
+		_, err := o.c.Wrap(o.ctx, randomKey(t), b)
+		require.ErrorIs(t, err, kms.ErrDenied)
+		requireNoKey(t, root, "eu-users", "after the wrap-only caller's calls")
 	})
 
 	t.Run("token that may create, unwrap first", func(t *testing.T) {

@@ -53,6 +53,16 @@
 // the mount should have upserts off (transit/config/keys
 // disable_upsert=true); docs/vault.md explains.
 //
+// # Wrap-only access
+//
+// A process outside the zone that must put a key into it, as when a
+// subject moves between zones, can be given a JWT role whose policy allows
+// update on MOUNT/encrypt/KEY and nothing else. Its custodian, opened with
+// role=R, wraps; everything else (Unwrap, Rewrap, key management) is
+// refused by Vault with kms.ErrDenied. The key check needs nothing more
+// than that permission. docs/vault.md, "Moving subjects into a zone: the
+// wrap-only role", gives the policy and the role.
+//
 // # Destroying the key
 //
 // [Custodian.Destroy] deletes the Transit key, every version, for the
