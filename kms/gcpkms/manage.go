@@ -27,9 +27,13 @@ const (
 // Rotate creates a new version of the key and makes it the primary version,
 // under which Wrap wraps from now on; older versions still unwrap. It
 // returns the new version's number. A version that Cloud KMS generates
-// asynchronously (HSM keys) is waited for, within ctx.
+// asynchronously (HSM keys) is waited for, within ctx. A destroyed key
+// (see Destroy), whose versions are all destroyed or scheduled for
+// destruction, is refused with kms.ErrUnknownKey, before anything is
+// created: Cloud KMS itself would give it a new version.
 //
-// Rotate is two calls. If the second fails, the new version exists but is
+// Rotate first lists the versions, then makes two calls. If the second
+// fails, the new version exists but is
 // not primary, and the error says so; calling Rotate again makes another.
 // A creation retried after a lost response may likewise leave an unused
 // version behind; it does no harm.
