@@ -377,6 +377,8 @@ var errorKinds = []struct {
 	{zonekey.ErrDenied, "denied"},
 	{zonekey.ErrKMSUnavailable, "kms_unavailable"},
 	{zonekey.ErrKMSConfig, "kms_config"},
+	{zonekey.ErrKeyShredded, "key_shredded"},
+	{zonekey.ErrSubjectMoved, "subject_moved"},
 	{zonekey.ErrUnknownZone, "unknown_zone"},
 	{zonekey.ErrUnknownKey, "unknown_key"},
 	{zonekey.ErrAudit, "audit"},
@@ -394,6 +396,9 @@ func errorKind(err error) string {
 	if _, ok := errors.AsType[*keystore.KEKInUseError](err); ok {
 		return "kek_in_use"
 	}
+	if _, ok := errors.AsType[*keystore.EpochRunningError](err); ok {
+		return "epoch_running" // before "conflict", which it wraps
+	}
 	for _, k := range errorKinds {
 		if errors.Is(err, k.err) {
 			return k.kind
@@ -402,18 +407,28 @@ func errorKind(err error) string {
 	return "error"
 }
 
-// progress shows the progress of a zone-key rotation on stderr: a bar
-// redrawn in place on a terminal, otherwise a line every progressInterval.
+// progress shows the progress of a zone-key rotation, or of a list of
+// subjects, on stderr: a bar redrawn in place on a terminal, otherwise a line
+// every progressInterval.
 type progress struct {
-	w     io.Writer
-	zone  string
-	tty   bool
-	drawn bool
-	last  time.Time
+	w    io.Writer
+	zone string // what it concerns: a zone's name, else label
+	// label, if set, replaces `zone "<zone>"`; unit is what is counted,
+	// "DEKs" if unset.
+	label, unit string
+	tty         bool
+	drawn       bool
+	last        time.Time
 }
 
+// newProgress counts the DEKs of zone.
 func newProgress(w io.Writer, zone string) *progress {
 	return &progress{w: w, zone: zone, tty: isTerminal(w)}
+}
+
+// newProgressOf counts units (such as "subjects") of what label names.
+func newProgressOf(w io.Writer, label, unit string) *progress {
+	return &progress{w: w, label: label, unit: unit, tty: isTerminal(w)}
 }
 
 // isTerminal reports whether w is a terminal (a character device).
@@ -431,10 +446,17 @@ func (p *progress) update(done, total int) {
 	if total > 0 {
 		pct = done * 100 / total
 	}
+	label, unit := p.label, p.unit
+	if label == "" {
+		label = fmt.Sprintf("zone %q", p.zone)
+	}
+	if unit == "" {
+		unit = "DEKs"
+	}
 	if p.tty {
 		const width = 30
 		filled := width * pct / 100
-		fmt.Fprintf(p.w, "\rzone %q [%s%s] %3d%% %d/%d DEKs", p.zone, strings.Repeat("=", filled), strings.Repeat(" ", width-filled), pct, done, total)
+		fmt.Fprintf(p.w, "\r%s [%s%s] %3d%% %d/%d %s", label, strings.Repeat("=", filled), strings.Repeat(" ", width-filled), pct, done, total, unit)
 		p.drawn = true
 		return
 	}
@@ -443,7 +465,7 @@ func (p *progress) update(done, total int) {
 		return
 	}
 	p.last = now
-	fmt.Fprintf(p.w, "zone %q: %d/%d DEKs (%d%%)\n", p.zone, done, total, pct)
+	fmt.Fprintf(p.w, "%s: %d/%d %s (%d%%)\n", label, done, total, unit, pct)
 }
 
 // finish ends the bar's line.
