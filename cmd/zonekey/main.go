@@ -15,6 +15,16 @@
 //	keys list [--zone Z]                   list zone-key versions and their DEKs
 //	reindex --zone Z --index NAME          rotate a blind-index or deterministic key; retire old
 //	                                       versions after the application's re-index
+//	shred --zone Z --subject S             erase a subject: delete its DEKs (final in backups
+//	                                       after the zone's next epoch)
+//	shred --zone Z --subjects-from FILE    shred each subject listed in FILE, one a line
+//	shred --zone Z --all --confirm Z       erase the whole zone: destroy its KEK
+//	migrate --subject S --from A --to B    move a subject's DEKs to another zone; data untouched
+//	migrate --subjects-from FILE --from A --to B
+//	                                       move each subject listed in FILE
+//	epoch --zone Z [--settle D | --no-settle]
+//	                                       rotate the KEK and zone key, rewrap every DEK, destroy
+//	                                       the old keys: earlier shreds become final in backups
 //	audit verify FILE                      check the hash chain of an audit file
 //	audit repair FILE                      remove a torn last line left by an interrupted write
 //
@@ -48,8 +58,8 @@ const (
 	exitUsage = 2
 )
 
-// A command is one subcommand of the CLI: "rotate", "keys list", "audit
-// verify", later "shred", "migrate", "epoch".
+// A command is one subcommand of the CLI: "rotate", "keys list", "shred",
+// "audit verify", ...
 type command struct {
 	name    string // the words that select it, e.g. "audit verify"
 	args    string // synopsis of its arguments, e.g. "[--json] FILE"
@@ -66,6 +76,9 @@ var commands = []*command{
 	rotateCmd,
 	keysListCmd,
 	reindexCmd,
+	shredCmd,
+	migrateCmd,
+	epochCmd,
 	auditVerifyCmd,
 	auditRepairCmd,
 }
@@ -176,7 +189,7 @@ func usage(w io.Writer) {
 	}
 	tw.Flush()
 	fmt.Fprint(w, "\nEvery command prints its result as JSON with --json. The key commands\n"+
-		"(rotate, keys) read the configuration --config FILE, default $"+configEnv+".\n"+
+		"(all but audit) read the configuration --config FILE, default $"+configEnv+".\n"+
 		"Exit status: 0 success, 1 failure or problem found, 2 bad usage.\n")
 }
 
