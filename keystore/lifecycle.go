@@ -608,7 +608,9 @@ type EpochProgress struct {
 	Zone   string
 	Number uint32
 	Phase  string
-	// Done and Total count DEK rows in the rewrap phase.
+	// Done counts the DEK rows the rewrap has passed, of Total, the rows
+	// the zone held when it began (raised if more appear). A pass starts
+	// with Done 0; a later pass rewraps the DEKs made meanwhile.
 	Done, Total int
 	// Until is when the settle phase ends.
 	Until time.Time
@@ -627,8 +629,10 @@ type EpochResult struct {
 	// ZoneKeyVersion is the zone-key version every living DEK is now
 	// wrapped under.
 	ZoneKeyVersion uint32
-	// Scanned and Rewrapped count DEK rows; ZoneKeysDeleted the older
-	// zone-key rows deleted.
+	// Scanned counts the DEK rows of the zone the rewrap passed (once,
+	// though a later pass looks again for DEKs made meanwhile); Rewrapped
+	// the rows this call rewrapped; ZoneKeysDeleted the older zone-key
+	// rows deleted.
 	Scanned, Rewrapped, ZoneKeysDeleted int
 	Started, Finished                   time.Time
 }
@@ -700,6 +704,7 @@ func (k *Keyring) Epoch(ctx context.Context, zone string, opts EpochOptions) (Ep
 	res.KEKVersion, res.ZoneKeyVersion = e.cur.KEKVersion, e.cur.ZoneKeyVersion
 	if err != nil {
 		e.recordFailure(ctx, audit.Event{Action: audit.Epoch, KEKVersion: e.cur.KEKVersion, ZoneKeyVersion: e.cur.ZoneKeyVersion}, err)
+		e.release(err)
 		return res, err
 	}
 	res.Finished = e.cur.Finished
@@ -773,6 +778,20 @@ func (e *epochRun) renew(ctx context.Context, change func(*EpochRow)) error {
 	}
 	e.cur = next
 	return nil
+}
+
+// release gives up the claim of a run that stopped on err, so that the next
+// run resumes at once instead of waiting for the lease to lapse; a run that
+// lost its claim has nothing to release.
+func (e *epochRun) release(err error) {
+	if _, lost := errors.AsType[*EpochRunningError](err); lost || e.cur.Number == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	next := e.cur
+	next.Lease = e.k.stamp()
+	_ = e.ls.UpdateEpoch(ctx, e.cur, next)
 }
 
 func (e *epochRun) progress(p EpochProgress) {
@@ -900,8 +919,15 @@ func (e *epochRun) rewrapAll(ctx context.Context, res *EpochResult, target uint3
 	if batch <= 0 {
 		batch = DefaultRotationBatch
 	}
+	counts, total, err := e.countDEKs(ctx)
+	if err != nil {
+		return err
+	}
+	if belowCount(counts, target) == 0 {
+		return nil // nothing to rewrap
+	}
 	done := 0
-	e.progress(EpochProgress{Phase: PhaseRewrap})
+	e.progress(EpochProgress{Phase: PhaseRewrap, Total: total})
 	for cursor := ""; ; {
 		if e.k.closed.Load() {
 			return ErrClosed
@@ -920,11 +946,12 @@ func (e *epochRun) rewrapAll(ctx context.Context, res *EpochResult, target uint3
 			}
 		}
 		done += len(rows)
-		res.Scanned += len(rows)
+		total = max(total, done)
+		res.Scanned = max(res.Scanned, done)
 		if err := e.renew(ctx, nil); err != nil {
 			return err
 		}
-		e.progress(EpochProgress{Phase: PhaseRewrap, Done: done, Total: done})
+		e.progress(EpochProgress{Phase: PhaseRewrap, Done: done, Total: total})
 		if next == "" {
 			return nil
 		}

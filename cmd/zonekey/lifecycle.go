@@ -806,8 +806,8 @@ func (r *lifecycleRun) epoch(configFlag, zone string, batch int, settle time.Dur
 			if res.Resumed {
 				how = "resumed"
 			}
-			fmt.Fprintf(r.stdout, "zone %q: epoch %d finished (%s at %s): KEK v%d, zone key v%d; %d DEKs rewrapped (%d rows scanned in %d passes); %d older zone keys deleted; older KEK versions destroyed\n",
-				zone, res.Number, how, stamp(res.Started), res.KEKVersion, res.ZoneKeyVersion, res.Rewrapped, res.Scanned, p.passes, res.ZoneKeysDeleted)
+			fmt.Fprintf(r.stdout, "zone %q: epoch %d finished (%s at %s): KEK v%d, zone key v%d; %d DEKs scanned, %d rewrapped; %d older zone keys deleted; older KEK versions destroyed\n",
+				zone, res.Number, how, stamp(res.Started), res.KEKVersion, res.ZoneKeyVersion, res.Scanned, res.Rewrapped, res.ZoneKeysDeleted)
 			fmt.Fprintf(r.stdout, "Subjects shredded before %s are now shredded in every keystore backup too.\n", stamp(res.Started))
 			fmt.Fprintf(r.stdout, "Keystore backups taken before %s can no longer be opened; take a new backup now.\n", stamp(res.Finished))
 			return exitOK
@@ -828,10 +828,10 @@ type epochProgress struct {
 	passes int
 	// done is the count of the rewrap pass; shown tells whether it was
 	// printed.
-	done  int
-	shown bool
-	drawn bool
-	last  time.Time
+	done, total int
+	shown       bool
+	drawn       bool
+	last        time.Time
 }
 
 func newEpochProgress(w io.Writer, zone string, settle time.Duration) *epochProgress {
@@ -852,15 +852,15 @@ func (p *epochProgress) update(ep keystore.EpochProgress) {
 	if ep.Phase != keystore.PhaseRewrap || ep.Done == 0 {
 		return
 	}
-	p.done, p.shown = ep.Done, false
+	p.done, p.total, p.shown = ep.Done, ep.Total, false
 	if p.tty {
-		fmt.Fprintf(p.w, "\r%s: %d DEKs scanned", prefix, ep.Done)
+		fmt.Fprintf(p.w, "\r%s: %d of %d DEKs scanned", prefix, ep.Done, ep.Total)
 		p.drawn, p.shown = true, true
 		return
 	}
 	if now := time.Now(); now.Sub(p.last) >= progressInterval {
 		p.last = now
-		fmt.Fprintf(p.w, "%s: %d DEKs scanned\n", prefix, ep.Done)
+		fmt.Fprintf(p.w, "%s: %d of %d DEKs scanned\n", prefix, ep.Done, ep.Total)
 		p.shown = true
 	}
 }
@@ -900,7 +900,7 @@ func (p *epochProgress) line(prefix string, ep keystore.EpochProgress) {
 // returned.
 func (p *epochProgress) finish() {
 	if !p.shown {
-		fmt.Fprintf(p.w, "%s: %d DEKs scanned\n", p.prefix, p.done)
+		fmt.Fprintf(p.w, "%s: %d of %d DEKs scanned\n", p.prefix, p.done, p.total)
 		p.shown = true
 	}
 	if p.drawn {
