@@ -476,17 +476,20 @@ func TestMoveSubjectBadInput(t *testing.T) {
 	requireOpens(t, e.keyring(t, inZones("eu")), recs, "nothing moved")
 }
 
-// crashStore fails MoveDEKs, as a process killed before its commit.
+// crashStore fails MoveDEKs, as a process killed just before its commit,
+// or (afterCommit) just after it.
 type crashStore struct {
 	*boltstore.Store
-	crash bool
+	afterCommit bool
 }
 
 func (s *crashStore) MoveDEKs(ctx context.Context, from string, rows []keystore.DEKRow, at time.Time) error {
-	if s.crash {
-		return fmt.Errorf("%w: %w", keystore.ErrStore, errInjected)
+	if s.afterCommit {
+		if err := s.Store.MoveDEKs(ctx, from, rows, at); err != nil {
+			return err
+		}
 	}
-	return s.Store.MoveDEKs(ctx, from, rows, at)
+	return fmt.Errorf("%w: %w", keystore.ErrStore, errInjected)
 }
 
 func TestMoveSubjectInterrupted(t *testing.T) {
@@ -515,15 +518,19 @@ func TestMoveSubjectInterrupted(t *testing.T) {
 	readableOnlyIn("eu", "after a failed wrap")
 
 	// Killed before the store's commit: nothing moved.
-	cs := &crashStore{Store: e.store, crash: true}
+	cs := &crashStore{Store: e.store}
 	_, err = e.keyring(t, inZones("eu"), func(c *keystore.Config) { c.Store = cs }).MoveSubject(t.Context(), "alice-00000", "eu", "us")
 	require.ErrorIs(t, err, errInjected)
 	readableOnlyIn("eu", "after a failed commit")
 
-	// The re-run completes the move; a us process adopts on first use, or
-	// its epoch adopts what nobody used.
-	_, err = inEU.MoveSubject(t.Context(), "alice-00000", "eu", "us")
+	// Killed just after the commit: moved; the re-run has nothing to do. A
+	// us process adopts on first use, or its epoch adopts what nobody used.
+	cs.afterCommit = true
+	_, err = e.keyring(t, inZones("eu"), func(c *keystore.Config) { c.Store = cs }).MoveSubject(t.Context(), "alice-00000", "eu", "us")
+	require.ErrorIs(t, err, errInjected)
+	res, err := inEU.MoveSubject(t.Context(), "alice-00000", "eu", "us")
 	require.NoError(t, err)
+	require.True(t, res.AlreadyMoved)
 	row, err := e.store.DEK(t.Context(), recs[0].id)
 	require.NoError(t, err)
 	require.True(t, row.Pending(), "wrapped by us's KEK until adopted")
@@ -532,7 +539,7 @@ func TestMoveSubjectInterrupted(t *testing.T) {
 	row, err = e.store.DEK(t.Context(), recs[0].id)
 	require.NoError(t, err)
 	require.False(t, row.Pending(), "adopted by the epoch")
-	readableOnlyIn("us", "after the move and us's epoch")
+	readableOnlyIn("us", "after a commit whose process died, and us's epoch")
 
 	// After the source zone's next epoch, its backups cannot read the
 	// subject; the live store never could again.
