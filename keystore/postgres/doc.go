@@ -28,18 +28,37 @@
 //
 // # Schema
 //
-// Two tables, in the store's schema, named with its table prefix:
+// Five tables, in the store's schema, named with its table prefix:
 //
 //	zone_keys (zone bytea, version int8, id bytea, wrapped bytea, kek_version int8, created timestamptz)
 //	    PRIMARY KEY (zone, version), UNIQUE (id)
-//	deks (id bytea, zone bytea, subject bytea, generation int8, zone_key_version int8, wrapped bytea, created timestamptz)
-//	    PRIMARY KEY (id), UNIQUE (zone, subject, generation)
+//	deks (id bytea, zone bytea, subject bytea, generation int8, zone_key_version int8, wrapped bytea, created timestamptz,
+//	      kek_version int8)
+//	    PRIMARY KEY (id), UNIQUE (zone, subject, generation),
+//	    CHECK exactly one of zone_key_version and kek_version is non-zero (deks_wrap_check)
+//	shredded_deks (id bytea, zone bytea, subject bytea)
+//	    PRIMARY KEY (id)
+//	tombstones (zone bytea, subject bytea, kind int2, to_zone bytea, generation int8, created timestamptz)
+//	    PRIMARY KEY (zone, subject)
+//	epochs (zone bytea, number int8, kek_version int8, zone_key_version int8, owner bytea,
+//	        lease timestamptz, started timestamptz, finished timestamptz)
+//	    PRIMARY KEY (zone, number)
 //
-// Zones, subjects and zone-key ids are bytea: they are arbitrary byte strings
-// (NUL bytes and invalid UTF-8 included), compared byte for byte, never
-// through a collation. Versions and generations are unsigned 32-bit numbers,
-// kept in int8 with CHECK constraints on their range. Created keeps
-// microseconds. The rows hold only wrapped key material: a copy of the tables
+// A DEK row with kek_version non-zero is pending: moved in from another zone
+// and wrapped by the zone's KEK, with zone_key_version 0, until a process of
+// the zone adopts it (keystore.RotationStore.UpdateDEKWrap). shredded_deks
+// maps the id of every shredded DEK to its subject, whose row in tombstones
+// says when and why its keys left the zone (kind 1 shredded, 2 moved to
+// to_zone, 3 the whole zone shredded, with an empty subject). An epoch's
+// times are NULL for the zero time.
+//
+// Zones, subjects, zone-key ids and epoch owners are bytea: they are
+// arbitrary byte strings (NUL bytes and invalid UTF-8 included), compared
+// byte for byte, never through a collation. Versions, generations and epoch
+// numbers are unsigned 32-bit numbers, kept in int8 with CHECK constraints
+// on their range. Times keep microseconds; the store sends tombstone and
+// epoch times truncated to the microsecond, and compares epoch times at that
+// precision. The rows hold only wrapped key material: a copy of the tables
 // opens nothing without the zones' custodians.
 //
 // A zone plus subject, and a zone-key id, are refused (ErrInvalidValue)
@@ -98,6 +117,31 @@
 // succeeds. ScanDEKs pages through a zone's DEKs by (subject, generation) on
 // the unique index, which rewraps do not change, at most [MaxScanPage] rows a
 // page.
+//
+// # Shredding, moving and epochs
+//
+// Store implements keystore.LifecycleStore too. Each method is one
+// statement or one transaction, so it writes all of its effect or nothing:
+//
+//   - ShredSubject deletes the subject's rows with DELETE ... RETURNING,
+//     records their ids in shredded_deks and upserts the tombstone, in one
+//     transaction. Of two shreds of a subject at once, the second waits for
+//     the first's row locks and then finds no row (ErrUnknownKey).
+//   - MoveDEKs locks the subject's rows (SELECT ... FOR UPDATE), compares
+//     their ids with the rows given (ErrConflict), rewrites them with one
+//     UPDATE (a unique violation is a generation already taken in the
+//     target: ErrExists) and upserts the tombstone, in one transaction.
+//   - DeleteZoneKeysBelow checks the zone's DEK rows and deletes its older
+//     zone keys in one statement, so in one snapshot. A DEK created under an
+//     older zone key after it ran is not prevented: the keyring's epoch
+//     waits for other processes to stop using the older keys first.
+//   - UpdateEpoch is one UPDATE whose WHERE holds every field of the
+//     previous row; CreateEpoch one INSERT.
+//
+// After a lost connection, a MoveDEKs, CreateEpoch or UpdateEpoch whose
+// first attempt committed is recognised by its retry and succeeds; a
+// ShredSubject whose first attempt committed returns ErrUnknownKey, as for
+// a shred that lost a race, and its tombstone is stored.
 //
 // # Several instances: the cache bound
 //

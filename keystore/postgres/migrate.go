@@ -27,7 +27,10 @@ var migrationFiles embed.FS
 // right.
 var objectNames = []string{
 	"zone_keys", "zone_keys_pkey", "zone_keys_id_key",
-	"deks", "deks_pkey", "deks_subject_key",
+	"deks", "deks_pkey", "deks_subject_key", "deks_wrap_check",
+	"shredded_deks", "shredded_deks_pkey",
+	"tombstones", "tombstones_pkey",
+	"epochs", "epochs_pkey",
 	"schema_migrations", "schema_migrations_pkey",
 }
 

@@ -92,11 +92,14 @@ type Store struct {
 
 	sqlZoneKeys, sqlUpdateZoneKeyWrap, sqlZoneKeyWrap           string
 	sqlScanDEKs, sqlScanDEKsAfter, sqlUpdateDEKWrap, sqlDEKWrap string
+
+	lifecycleSQL
 }
 
 var (
-	_ keystore.Store         = (*Store)(nil)
-	_ keystore.RotationStore = (*Store)(nil)
+	_ keystore.Store          = (*Store)(nil)
+	_ keystore.RotationStore  = (*Store)(nil)
+	_ keystore.LifecycleStore = (*Store)(nil)
 )
 
 // Open connects to the database that dsn names, migrates the store's schema
@@ -189,7 +192,7 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, own bool, o options) (*St
 	n := names(o)
 	zk, deks := n.mustTable("zone_keys"), n.mustTable("deks")
 	const zkCols = "zone, version, id, wrapped, kek_version, created"
-	const dekCols = "id, zone, subject, generation, zone_key_version, wrapped, created"
+	const dekCols = "id, zone, subject, generation, zone_key_version, wrapped, created, kek_version"
 	s := &Store{
 		pool:    pool,
 		ownPool: own,
@@ -199,7 +202,7 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, own bool, o options) (*St
 		sqlZoneKey:       "SELECT " + zkCols + " FROM " + zk + " WHERE zone = $1 AND version = $2",
 		sqlLatestZoneKey: "SELECT " + zkCols + " FROM " + zk + " WHERE zone = $1 ORDER BY version DESC LIMIT 1",
 		sqlZoneKeyByID:   "SELECT " + zkCols + " FROM " + zk + " WHERE id = $1",
-		sqlInsertDEK:     "INSERT INTO " + deks + " (" + dekCols + ") VALUES ($1, $2, $3, $4, $5, $6, $7)",
+		sqlInsertDEK:     "INSERT INTO " + deks + " (" + dekCols + ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
 		sqlDEK:           "SELECT " + dekCols + " FROM " + deks + " WHERE id = $1",
 		sqlDEKs:          "SELECT " + dekCols + " FROM " + deks + " WHERE id = ANY($1)",
 		sqlLatestDEK:     "SELECT " + dekCols + " FROM " + deks + " WHERE zone = $1 AND subject = $2 ORDER BY generation DESC LIMIT 1",
@@ -212,8 +215,10 @@ func newStore(ctx context.Context, pool *pgxpool.Pool, own bool, o options) (*St
 		sqlScanDEKs: "SELECT " + dekCols + " FROM " + deks + " WHERE zone = $1 ORDER BY subject, generation LIMIT $2",
 		sqlScanDEKsAfter: "SELECT " + dekCols + " FROM " + deks +
 			" WHERE zone = $1 AND (subject, generation) > ($2, $3) ORDER BY subject, generation LIMIT $4",
-		sqlUpdateDEKWrap: "UPDATE " + deks + " SET wrapped = $4, zone_key_version = $5 WHERE id = $1 AND zone_key_version = $2 AND wrapped = $3",
-		sqlDEKWrap:       "SELECT wrapped, zone_key_version FROM " + deks + " WHERE id = $1",
+		sqlUpdateDEKWrap: "UPDATE " + deks + " SET wrapped = $4, zone_key_version = $5, kek_version = 0 WHERE id = $1 AND zone_key_version = $2 AND wrapped = $3",
+		sqlDEKWrap:       "SELECT wrapped, zone_key_version, kek_version FROM " + deks + " WHERE id = $1",
+
+		lifecycleSQL: newLifecycleSQL(n, dekCols),
 	}
 	applied, err := s.migrate(ctx)
 	if err != nil {
@@ -243,6 +248,7 @@ type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // do runs fn on a pooled connection. If the connection is lost under fn (the
@@ -402,10 +408,10 @@ func scanZoneKey(r scanner) (keystore.ZoneKeyRow, error) {
 func scanDEK(r scanner) (keystore.DEKRow, error) {
 	var (
 		id, zone, subject, wrapped []byte
-		gen, zkv                   int64
+		gen, zkv, kek              int64
 		created                    time.Time
 	)
-	if err := r.Scan(&id, &zone, &subject, &gen, &zkv, &wrapped, &created); err != nil {
+	if err := r.Scan(&id, &zone, &subject, &gen, &zkv, &wrapped, &created, &kek); err != nil {
 		return keystore.DEKRow{}, err
 	}
 	if len(id) != envelope.KeyIDSize {
@@ -417,6 +423,9 @@ func scanDEK(r scanner) (keystore.DEKRow, error) {
 		return keystore.DEKRow{}, err
 	}
 	if row.ZoneKeyVersion, err = toUint32("zone key version", zkv); err != nil {
+		return keystore.DEKRow{}, err
+	}
+	if row.KEKVersion, err = toUint32("KEK version", kek); err != nil {
 		return keystore.DEKRow{}, err
 	}
 	return row, nil
@@ -492,19 +501,37 @@ func (s *Store) ZoneKey(ctx context.Context, zone string, version uint32) (keyst
 
 // CreateDEK implements keystore.Store.
 func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
+	if err := checkDEK(row); err != nil {
+		return err
+	}
+	op := fmt.Sprintf("creating DEK %s", row.ID)
+	args := []any{row.ID[:], bs(row.Zone), bs(row.Subject), int64(row.Generation), int64(row.ZoneKeyVersion), nonNil(row.Wrapped), row.Created, int64(row.KEKVersion)}
+	return s.create(ctx, op, s.sqlInsertDEK, args, func(ctx context.Context, q querier) (bool, error) {
+		got, err := scanDEK(q.QueryRow(ctx, s.sqlDEK, row.ID[:]))
+		return err == nil && sameDEK(got, row), err
+	})
+}
+
+// checkDEK refuses a DEK row the table cannot hold.
+func checkDEK(row keystore.DEKRow) error {
 	switch {
 	case row.Generation == 0:
 		return fmt.Errorf("%w: postgres: DEK generation must be at least 1", keystore.ErrInvalidValue)
+	case (row.ZoneKeyVersion == 0) == (row.KEKVersion == 0):
+		return fmt.Errorf("%w: postgres: a DEK row has either a zone-key version or, pending, a KEK version (got %d and %d)",
+			keystore.ErrInvalidValue, row.ZoneKeyVersion, row.KEKVersion)
 	case len(row.Zone)+len(row.Subject) > MaxKeyBytes:
 		return fmt.Errorf("%w: postgres: zone and subject of %d bytes, longer than the %d allowed", keystore.ErrInvalidValue, len(row.Zone)+len(row.Subject), MaxKeyBytes)
 	}
-	op := fmt.Sprintf("creating DEK %s", row.ID)
-	args := []any{row.ID[:], bs(row.Zone), bs(row.Subject), int64(row.Generation), int64(row.ZoneKeyVersion), nonNil(row.Wrapped), row.Created}
-	return s.create(ctx, op, s.sqlInsertDEK, args, func(ctx context.Context, q querier) (bool, error) {
-		got, err := scanDEK(q.QueryRow(ctx, s.sqlDEK, row.ID[:]))
-		return err == nil && got.ID == row.ID && got.Zone == row.Zone && got.Subject == row.Subject && got.Generation == row.Generation &&
-			got.ZoneKeyVersion == row.ZoneKeyVersion && bytes.Equal(got.Wrapped, row.Wrapped) && sameInstant(got.Created, row.Created), err
-	})
+	return nil
+}
+
+// sameDEK reports whether a stored DEK row is row, its creation time to the
+// microsecond.
+func sameDEK(got, row keystore.DEKRow) bool {
+	return got.ID == row.ID && got.Zone == row.Zone && got.Subject == row.Subject && got.Generation == row.Generation &&
+		got.ZoneKeyVersion == row.ZoneKeyVersion && got.KEKVersion == row.KEKVersion && bytes.Equal(got.Wrapped, row.Wrapped) &&
+		sameInstant(got.Created, row.Created)
 }
 
 // DEK implements keystore.Store.

@@ -62,7 +62,8 @@ func (s *Store) UpdateZoneKeyWrap(ctx context.Context, zone string, version uint
 }
 
 // UpdateDEKWrap implements keystore.RotationStore with one UPDATE whose
-// WHERE holds the previous wrap.
+// WHERE holds the previous wrap. It adopts a pending row (prevZoneKeyVersion
+// 0) the same way, setting its kek_version to 0.
 func (s *Store) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKeyVersion uint32, prevWrapped []byte, wrapped []byte, zoneKeyVersion uint32) error {
 	op := "rewrapping DEK " + id.String()
 	if err := s.check(ctx, op); err != nil {
@@ -74,16 +75,16 @@ func (s *Store) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKe
 	args := []any{id[:], int64(prevZoneKeyVersion), nonNil(prevWrapped), wrapped, int64(zoneKeyVersion)}
 	return s.compareAndSwap(ctx, op, s.sqlUpdateDEKWrap, args, func(ctx context.Context, q querier) (bool, error) {
 		var (
-			got []byte
-			zkv int64
+			got      []byte
+			zkv, kek int64
 		)
-		if err := q.QueryRow(ctx, s.sqlDEKWrap, id[:]).Scan(&got, &zkv); err != nil {
+		if err := q.QueryRow(ctx, s.sqlDEKWrap, id[:]).Scan(&got, &zkv, &kek); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
 				return false, fmt.Errorf("%w: DEK %s", keystore.ErrUnknownKey, id)
 			}
 			return false, err
 		}
-		return bytes.Equal(got, wrapped) && zkv == int64(zoneKeyVersion), nil
+		return bytes.Equal(got, wrapped) && zkv == int64(zoneKeyVersion) && kek == 0, nil
 	}, func() error {
 		return fmt.Errorf("%w: DEK %s was rewrapped by another process", keystore.ErrConflict, id)
 	})
