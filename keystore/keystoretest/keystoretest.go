@@ -50,6 +50,33 @@
 //     during the scan; limit ≤ 0 is [keystore.ErrInvalidValue]. A store may
 //     end with an empty page, but a page never holds more than limit rows.
 //
+// The Lifecycle subtests check [keystore.LifecycleStore], which shredding,
+// moving subjects and key epochs need; they are skipped for a store that
+// does not implement it:
+//
+//   - Pending DEK rows (ZoneKeyVersion 0, a KEKVersion) are created, read,
+//     listed and scanned like any other, and adopted with UpdateDEKWrap from
+//     previous version 0, which clears the KEKVersion; a row with neither
+//     or both versions is [keystore.ErrInvalidValue].
+//   - ShredSubject deletes exactly the subject's rows (from DEK, DEKs,
+//     LatestDEK, SubjectDEKs and ScanDEKs), ShreddedDEK then finds each id,
+//     and the tombstone keeps the highest generation over every removal; a
+//     subject without rows is ErrUnknownKey and nothing is written. Subjects
+//     with NUL bytes and invalid UTF-8, and neighbours whose names are
+//     prefixes of each other, are kept apart.
+//   - MoveDEKs replaces the rows (same ids, pending, in the target zone) and
+//     leaves a Moved tombstone; [keystore.ErrConflict] when the stored ids
+//     differ from the rows', [keystore.ErrExists] when a generation is taken
+//     in the target, ErrInvalidValue for malformed rows, and nothing is
+//     written on any failure.
+//   - ShredZone, DeleteZoneKeysBelow (ErrConflict while a DEK row, pending
+//     ones included, needs an older zone key) and the epoch rows (ErrExists,
+//     the latest by unsigned number, a compare-and-swap on every field with
+//     times to the microsecond).
+//   - Of 16 concurrent shreds, moves, epoch creates or epoch updates from the
+//     same state exactly one succeeds; cancelled contexts and a closed store
+//     write nothing.
+//
 // Subtests run one after another; each asks the harness for a fresh store.
 package keystoretest
 
@@ -121,6 +148,21 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"Rotation/ScanLimit", testScanLimit},
 		{"Rotation/CancelledContext", testRotationCancelled},
 		{"Rotation/Closed", testRotationClosed},
+		{"Lifecycle/PendingRows", testPendingRows},
+		{"Lifecycle/WrapVersions", testWrapVersions},
+		{"Lifecycle/SubjectDEKs", testSubjectDEKs},
+		{"Lifecycle/ShredSubject", testShredSubject},
+		{"Lifecycle/ShredSubjectUnknown", testShredSubjectUnknown},
+		{"Lifecycle/MoveDEKs", testMoveDEKs},
+		{"Lifecycle/MoveDEKsRefused", testMoveDEKsRefused},
+		{"Lifecycle/ShredZone", testShredZone},
+		{"Lifecycle/DeleteZoneKeysBelow", testDeleteZoneKeysBelow},
+		{"Lifecycle/Epochs", testEpochs},
+		{"Lifecycle/EpochOrder", testEpochOrder},
+		{"Lifecycle/UpdateEpoch", testUpdateEpoch},
+		{"Lifecycle/Concurrent", testLifecycleConcurrent},
+		{"Lifecycle/CancelledContext", testLifecycleCancelled},
+		{"Lifecycle/Closed", testLifecycleClosed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, h) })
@@ -227,6 +269,7 @@ func requireDEK(t *testing.T, want, got keystore.DEKRow, msgAndArgs ...any) {
 	require.Equal(t, want.Subject, got.Subject, "%sSubject", msg)
 	require.Equal(t, want.Generation, got.Generation, "%sGeneration", msg)
 	require.Equal(t, want.ZoneKeyVersion, got.ZoneKeyVersion, "%sZoneKeyVersion", msg)
+	require.Equal(t, want.KEKVersion, got.KEKVersion, "%sKEKVersion", msg)
 	require.True(t, bytes.Equal(want.Wrapped, got.Wrapped), "%sWrapped: want %x, got %x", msg, want.Wrapped, got.Wrapped)
 	require.True(t, want.Created.Equal(got.Created), "%sCreated: want %v, got %v", msg, want.Created, got.Created)
 }
