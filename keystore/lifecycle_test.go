@@ -409,13 +409,13 @@ func TestMoveSubject(t *testing.T) {
 	events := &sink{}
 	inEU := e.keyring(t, inZones("eu"), func(c *keystore.Config) { c.Audit = events })
 	inUS := e.keyring(t, inZones("us"))
-	alice := makeDEKs(t, inEU, "eu", "alice", 1)
+	old := makeDEKs(t, inEU, "eu", "alice", 1)
 	// A second generation of the subject's DEK.
 	_, err := inEU.ShredSubject(t.Context(), "eu", "alice-00000")
 	require.NoError(t, err)
 	d, err := inEU.Reinstate(t.Context(), "eu", "alice-00000")
 	require.NoError(t, err)
-	alice = []sealed{seal(t, d, "gen 2")}
+	alice := []sealed{seal(t, d, "gen 2")}
 	d = dataKey(t, inEU, "eu", "alice-00000")
 	alice = append(alice, seal(t, d, "gen 2 again"))
 	// The same subject already has a DEK in us.
@@ -446,6 +446,7 @@ func TestMoveSubject(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, again.AlreadyMoved)
 	requireOpens(t, e.cold(t), alice, "cold, after the move")
+	requireRefused(t, e.cold(t), old, keystore.ErrKeyShredded, "the generation shredded before the move")
 }
 
 func TestMoveSubjectBadInput(t *testing.T) {

@@ -543,9 +543,9 @@ func (r *rotation) rewrapDEKSecret(ctx context.Context, row DEKRow, target uint3
 			return nil, err
 		}
 	} else {
-		from, err := r.k.zoneKey(ctx, r.zs, r.cust, r.zone, row.ZoneKeyVersion)
-		if err != nil {
-			return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
+		from, zerr := r.k.zoneKey(ctx, r.zs, r.cust, r.zone, row.ZoneKeyVersion)
+		if zerr != nil {
+			return nil, fmt.Errorf("DEK %s: %w", row.ID, zerr)
 		}
 		secret, err = from.aead.Open(nil, nil, row.Wrapped, dekAD(row))
 	}
