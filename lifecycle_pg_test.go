@@ -1,9 +1,9 @@
 package zonekey_test
 
 import (
-	"cmp"
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +34,7 @@ func pgTool(t *testing.T, cfg *pgx.ConnConfig, name string, args ...string) {
 // opens nothing of the zone with the live custodian; the live keystore
 // still opens the living subjects.
 func TestEpochMakesShredFinalInPGDump(t *testing.T) {
-	dsn := cmp.Or(os.Getenv("ZONEKEY_POSTGRES_DSN"), "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	dsn := pgDSN()
 	pgcfg, err := pgx.ParseConfig(dsn)
 	require.NoError(t, err)
 	if _, err := exec.LookPath("pg_dump"); err != nil {
@@ -52,13 +52,10 @@ func TestEpochMakesShredFinalInPGDump(t *testing.T) {
 		admin.Close(ctx)
 	})
 	withDB := func(db string) string {
-		parts := strings.SplitN(dsn, "?", 2)
-		base := parts[0][:strings.LastIndex(parts[0], "/")+1] + db
-		q := "zonekey_schema=" + schema
-		if len(parts) == 2 {
-			q = parts[1] + "&" + q
-		}
-		return base + "?" + q
+		u, err := url.Parse(dsn)
+		require.NoError(t, err)
+		u.Path = "/" + db
+		return withSchema(u.String(), schema)
 	}
 	keks := t.TempDir()
 	open := func(db string) *zonekey.Client {

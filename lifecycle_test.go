@@ -23,7 +23,7 @@ type lifecycleEnv struct {
 }
 
 func newLifecycleEnvs(t *testing.T) map[string]*lifecycleEnv {
-	dsn := cmp.Or(os.Getenv("ZONEKEY_POSTGRES_DSN"), "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	dsn := pgDSN()
 	schema := fmt.Sprintf("zk_lifecycle_%d", time.Now().UnixNano())
 	t.Cleanup(func() {
 		conn, err := pgx.Connect(context.Background(), dsn)
@@ -32,14 +32,24 @@ func newLifecycleEnvs(t *testing.T) map[string]*lifecycleEnv {
 			conn.Close(context.Background())
 		}
 	})
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
 	return map[string]*lifecycleEnv{
 		"bbolt":    {dir: t.TempDir()},
-		"postgres": {dir: t.TempDir(), storeURL: dsn + sep + "zonekey_schema=" + schema},
+		"postgres": {dir: t.TempDir(), storeURL: withSchema(dsn, schema)},
 	}
+}
+
+// pgDSN is the PostgreSQL server of the tests: $ZONEKEY_POSTGRES_DSN, or the
+// local one.
+func pgDSN() string {
+	return cmp.Or(os.Getenv("ZONEKEY_POSTGRES_DSN"), "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+}
+
+// withSchema adds the keystore's schema to a PostgreSQL URL.
+func withSchema(dsn, schema string) string {
+	if strings.Contains(dsn, "?") {
+		return dsn + "&zonekey_schema=" + schema
+	}
+	return dsn + "?zonekey_schema=" + schema
 }
 
 // client opens a client on the environment, as a new process would.

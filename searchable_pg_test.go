@@ -1,11 +1,9 @@
 package zonekey_test
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +41,7 @@ type pgEnv struct {
 func newPGEnv(t *testing.T) *pgEnv {
 	t.Helper()
 	ctx := t.Context()
-	dsn := cmp.Or(os.Getenv("ZONEKEY_POSTGRES_DSN"), "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	dsn := pgDSN()
 	schema := fmt.Sprintf("zk_search_%d", time.Now().UnixNano())
 	pool, err := pgxpool.New(ctx, dsn)
 	require.NoError(t, err)
@@ -51,12 +49,8 @@ func newPGEnv(t *testing.T) *pgEnv {
 		pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema+" CASCADE")
 		pool.Close()
 	})
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
 	c, err := zonekey.Open(ctx, zonekey.Config{
-		StoreURL:     dsn + sep + "zonekey_schema=" + schema,
+		StoreURL:     withSchema(dsn, schema),
 		Zones:        zonekey.LocalZones(t.TempDir(), "eu", "us"),
 		DEKCacheSize: 20000,
 	})
