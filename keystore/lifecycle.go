@@ -398,7 +398,9 @@ const maxMoveAttempts = 4
 // decrypt for callers in to and are refused to callers only in from, and a
 // new DEK of the subject in from is refused with ErrSubjectMoved unless
 // Reinstate is asked. Moving a subject that was already moved to to
-// reports AlreadyMoved and changes nothing.
+// reports AlreadyMoved and changes nothing. A subject id names one subject
+// in every zone: DEKs it already has in to stay, the moved ones become its
+// newest there, and a later move out of to takes them all.
 //
 // Errors: ErrInvalidValue for from == to or a bad subject, ErrUnknownZone
 // for an unconfigured zone, ErrUnknownKey for a subject without keys in
