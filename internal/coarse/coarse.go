@@ -4,7 +4,7 @@
 // machines, which is a large share of a field encryption. Expiry checks of
 // cached keys and verified attestations need no such precision: Now returns
 // the time of the last tick of a background ticker, advanced by two ticks,
-// for the cost of an atomic load.
+// for the cost of two atomic loads and a copy.
 //
 // The ticker runs only while the clock is used: it stops after a second
 // without reads, and the next read restarts it (that read pays for one
@@ -28,10 +28,11 @@ const lead = 2 * Granularity
 const idleTicks = int(time.Second / Granularity)
 
 var (
-	mu      sync.Mutex
-	running atomic.Bool
-	used    atomic.Bool
-	last    atomic.Int64 // Unix nanoseconds: the last tick plus lead
+	mu   sync.Mutex
+	used atomic.Bool
+	// last is the last tick plus lead, while the ticker runs; nil when
+	// it does not. Each tick stores a new value: a reader copies it.
+	last atomic.Pointer[time.Time]
 )
 
 // Now returns the current time rounded up: it runs ahead of the true time
@@ -39,26 +40,32 @@ var (
 // behind it only while the ticker goroutine is delayed by more than a tick
 // (a starved process), by that delay. The result has no monotonic reading.
 func Now() time.Time {
-	if running.Load() {
+	if t := last.Load(); t != nil {
 		if !used.Load() {
 			used.Store(true)
 		}
-		return time.Unix(0, last.Load())
+		return *t
 	}
 	return start()
+}
+
+// reading returns the clock's reading for the system time t.
+func reading(t time.Time) *time.Time {
+	r := time.Unix(0, t.Add(lead).UnixNano())
+	return &r
 }
 
 func start() time.Time {
 	mu.Lock()
 	defer mu.Unlock()
-	t := time.Now()
-	last.Store(t.Add(lead).UnixNano())
 	used.Store(true)
-	if !running.Load() {
-		running.Store(true)
-		go tick()
+	if t := last.Load(); t != nil {
+		return *t
 	}
-	return time.Unix(0, last.Load())
+	r := reading(time.Now())
+	last.Store(r)
+	go tick()
+	return *r
 }
 
 func tick() {
@@ -66,7 +73,7 @@ func tick() {
 	defer tk.Stop()
 	idle := 0
 	for range tk.C {
-		last.Store(time.Now().Add(lead).UnixNano())
+		last.Store(reading(time.Now()))
 		if used.Swap(false) {
 			idle = 0
 			continue
@@ -76,7 +83,7 @@ func tick() {
 		}
 		mu.Lock()
 		if !used.Load() {
-			running.Store(false)
+			last.Store(nil)
 			mu.Unlock()
 			return
 		}
