@@ -56,29 +56,55 @@ func NewAttestor(src Source, v *Verifier) *Attestor {
 // Location expires: the evidence at hand still proves the location until
 // then, and the new token is tried again every RefreshInterval.
 func (a *Attestor) Current(ctx context.Context) (Location, string, error) {
+	loc, token, _, err := a.CurrentUntil(ctx)
+	return loc, token, err
+}
+
+// CurrentUntil is Current, and with a Location also the instant until which
+// Current returns the same Location and token without asking the Source or
+// verifying anything: the earlier of the next refresh and the evidence's
+// expiry, by the Verifier's clock. A decision made on the Location holds
+// until then (keystore.RegionPolicy reuses its decisions so long). With an
+// error the instant is zero.
+func (a *Attestor) CurrentUntil(ctx context.Context) (Location, string, time.Time, error) {
 	now := a.now()
 	if s := a.state.Load(); s != nil && now.Before(s.nextCheck) {
 		if s.err != nil {
-			return Location{}, "", s.err
+			return Location{}, "", time.Time{}, s.err
 		}
 		if now.Before(s.loc.Expiry) {
-			return s.loc, s.token, nil
+			return s.loc, s.token, s.until(), nil
 		}
 	}
-	return a.refresh(ctx)
+	s, err := a.refresh(ctx)
+	if err != nil {
+		return Location{}, "", time.Time{}, err
+	}
+	return s.loc, s.token, s.until(), nil
 }
 
-func (a *Attestor) refresh(ctx context.Context) (Location, string, error) {
+// until is when the Location of a successful observation stops being
+// returned as it is: the next refresh or the evidence's expiry.
+func (s *attestState) until() time.Time {
+	if s.loc.Expiry.Before(s.nextCheck) {
+		return s.loc.Expiry
+	}
+	return s.nextCheck
+}
+
+// refresh observes the Source again, unless another caller just did, and
+// returns the observation in force: a successful one (err is nil).
+func (a *Attestor) refresh(ctx context.Context) (*attestState, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
 	old := a.state.Load()
 	if old != nil && now.Before(old.nextCheck) { // refreshed while we waited
 		if old.err != nil {
-			return Location{}, "", old.err
+			return nil, old.err
 		}
 		if now.Before(old.loc.Expiry) {
-			return old.loc, old.token, nil
+			return old, nil
 		}
 	}
 	interval := a.RefreshInterval
@@ -86,22 +112,27 @@ func (a *Attestor) refresh(ctx context.Context) (Location, string, error) {
 		interval = DefaultRefreshInterval
 	}
 	next := now.Add(interval)
+	// keep replaces the observation by the same evidence, checked again
+	// at next.
+	keep := func() *attestState {
+		s := &attestState{loc: old.loc, token: old.token, nextCheck: next}
+		a.state.Store(s)
+		return s
+	}
 
 	tok, err := a.src.Token(ctx)
 	if err != nil {
 		if old != nil && old.err == nil && now.Before(old.loc.Expiry) {
-			a.state.Store(&attestState{loc: old.loc, token: old.token, nextCheck: next})
-			return old.loc, old.token, nil
+			return keep(), nil
 		}
 		if !errors.Is(err, ErrAttestation) {
 			err = fmt.Errorf("%w: attestation source: %w", ErrAttestation, err)
 		}
 		a.fail(ctx, err, next)
-		return Location{}, "", err
+		return nil, err
 	}
 	if old != nil && old.err == nil && tok == old.token && now.Before(old.loc.Expiry) {
-		a.state.Store(&attestState{loc: old.loc, token: old.token, nextCheck: next})
-		return old.loc, old.token, nil
+		return keep(), nil
 	}
 	a.verifies.Add(1)
 	loc, err := a.v.Verify(ctx, tok)
@@ -111,14 +142,14 @@ func (a *Attestor) refresh(ctx context.Context) (Location, string, error) {
 		// previous evidence while that is valid; it is tried again next
 		// interval.
 		if old != nil && old.err == nil && now.Before(old.loc.Expiry) {
-			a.state.Store(&attestState{loc: old.loc, token: old.token, nextCheck: next})
-			return old.loc, old.token, nil
+			return keep(), nil
 		}
 		a.fail(ctx, err, next)
-		return Location{}, "", err
+		return nil, err
 	}
-	a.state.Store(&attestState{loc: loc, token: tok, nextCheck: next})
-	return loc, tok, nil
+	s := &attestState{loc: loc, token: tok, nextCheck: next}
+	a.state.Store(s)
+	return s, nil
 }
 
 // fail remembers a failed refresh until next, unless it failed because the

@@ -324,3 +324,49 @@ func BenchmarkVerifyCached(b *testing.B) {
 		}
 	}
 }
+
+// CurrentUntil says until when Current keeps returning what it returns:
+// the next refresh, or the evidence's expiry if that comes first, and no
+// time at all with an error.
+func TestAttestorCurrentUntil(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	dev := newDev(t, testIssuer, clk)
+	v := newVerifier(t, clk, dev.IssuerConfig(testAudience))
+	tok, err := dev.Token(testAudience, "europe-west1", "w", 10*time.Minute)
+	require.NoError(t, err)
+	src := &countingSource{token: tok}
+	a := NewAttestor(src, v)
+
+	start := clk.Now()
+	loc, got, until, err := a.CurrentUntil(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "europe-west1", loc.Region)
+	require.Equal(t, tok, got)
+	require.Equal(t, start.Add(DefaultRefreshInterval), until, "the next refresh")
+
+	// From the cache, the same instant.
+	clk.Advance(DefaultRefreshInterval / 2)
+	_, _, until2, err := a.CurrentUntil(ctx)
+	require.NoError(t, err)
+	require.Equal(t, until, until2)
+
+	// Evidence that expires before the next refresh bounds it.
+	short, err := dev.Token(testAudience, "europe-west1", "w", 2*time.Second)
+	require.NoError(t, err)
+	src.set(short, nil)
+	a.RefreshInterval = time.Hour
+	clk.Advance(DefaultRefreshInterval)
+	loc, got, until, err = a.CurrentUntil(ctx)
+	require.NoError(t, err)
+	require.Equal(t, short, got)
+	require.Equal(t, loc.Expiry, until, "the evidence's expiry")
+	require.True(t, until.Before(clk.Now().Add(time.Hour)))
+
+	// An error comes with no time.
+	src.set("", errors.New("metadata server down"))
+	clk.Advance(3 * time.Second)
+	_, _, until, err = a.CurrentUntil(ctx)
+	require.ErrorIs(t, err, ErrAttestation)
+	require.True(t, until.IsZero())
+}
