@@ -2,22 +2,31 @@ package keystore
 
 import (
 	"container/list"
+	"context"
+	"encoding/binary"
+	"math"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/zonekey/zonekey/envelope"
 )
 
 // lru is the bounded cache of unwrapped DEKs, by id, with an index of the
-// current DEK of each (zone, subject). A hit takes a read lock and allocates
-// nothing; eviction is second-chance (CLOCK): an entry used since it was
-// last considered is moved to the front once instead of evicted, which
-// keeps recently used DEKs as LRU would without reordering on every hit.
+// current DEK of each (zone, subject). A hit of a recently used DEK takes no
+// lock and allocates nothing (see hot and cur); eviction is second-chance
+// (CLOCK): an entry used since it was last considered is moved to the front
+// once instead of evicted, which keeps recently used DEKs as LRU would
+// without reordering on every hit.
+//
+// Beside the keys it holds the custody decisions their hits reuse
+// (decisions, custody.go): both are dropped together by purge.
 type lru struct {
 	mu   sync.RWMutex
 	max  int
-	ll   *list.List // of *DEK, most recently used first
+	ll   *list.List // of *entry, most recently used first
 	byID map[envelope.KeyID]*list.Element
 	// bySubject indexes the current DEK of each subject by
 	// zone+"\x00"+subject (zone names hold no NUL): a hit hashes one short
@@ -27,13 +36,79 @@ type lru struct {
 	// without the lock. A slot is only set under the read lock, and
 	// removeLocked (under the write lock) clears it, so it never holds an
 	// entry that has left the cache.
-	hot [hotSlots]atomic.Pointer[list.Element]
+	hot [hotSlots]atomic.Pointer[entry]
+	// cur holds recently hit current DEKs by a hash of their subject, for
+	// a DataKey hit without the lock. Like hot, a slot is only set under
+	// the read lock to an entry bySubject names, and cleared under the
+	// write lock when the entry leaves the cache or stops being its
+	// subject's current DEK, so it never names anything else.
+	cur  [curSlots]atomic.Pointer[entry]
+	seed uint64 // of curSlot's hash
+
+	decisions decisionCache
 }
 
-const hotSlots = 64
+// entry is a cached DEK, with what a hit compares copied next to it so
+// that a hit reads one object. auth remembers the decision of the policy
+// that allowed its last hit, so that the next hit finds it without looking
+// the zone up: it is used while it holds and has not been revoked (see
+// decisionCache).
+type entry struct {
+	*DEK
+	id            envelope.KeyID
+	zone, subject string
+	expires       int64 // DEK.expires in Unix nanoseconds
+	elem          *list.Element
+	auth          atomic.Pointer[decision]
+}
+
+func newEntry(d *DEK) *entry {
+	return &entry{DEK: d, id: d.ID(), zone: d.Zone, subject: d.Subject, expires: unixNano(d.expires)}
+}
+
+// unixNano is t.UnixNano for the instants it can represent, and the
+// largest int64 for later ones (after the year 2262), which a
+// configuration with a huge TTL can reach.
+func unixNano(t time.Time) int64 {
+	if t.Unix() >= math.MaxInt64/int64(time.Second) {
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// allowed reports whether the decision remembered by e still allows a hit
+// at now (Unix nanoseconds).
+func (e *entry) allowed(now int64) bool {
+	d := e.auth.Load()
+	return d != nil && now < d.until && !d.revoked.Load()
+}
+
+const (
+	hotSlots = 64
+	curSlots = 256
+)
 
 // hotSlot picks the slot of id (ids are random).
 func hotSlot(id *envelope.KeyID) int { return int(id[0]) % hotSlots }
+
+// curSlot picks the slot of subject in cur, by a cheap hash of its length
+// and its first and last eight bytes (all of it when shorter) under the
+// cache's random seed. Subjects that differ only in between share a slot
+// and take turns in it, which only costs their hits the lock.
+func (c *lru) curSlot(subject string) *atomic.Pointer[entry] {
+	n := len(subject)
+	h := c.seed ^ uint64(n)
+	if n >= 8 {
+		b := unsafe.Slice(unsafe.StringData(subject), n) // only read
+		h = (h^binary.LittleEndian.Uint64(b))*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[n-8:])
+	} else {
+		for i := range n {
+			h = h<<8 ^ uint64(subject[i])
+		}
+	}
+	h *= 0xbf58476d1ce4e5b9
+	return &c.cur[h>>56] // the top 8 bits: curSlots is 256
+}
 
 // maxNameKey bounds the zone-and-subject keys current builds on the stack;
 // longer ones cost an allocation.
@@ -41,59 +116,124 @@ const maxNameKey = 128
 
 func nameKey(zone, subject string) string { return zone + "\x00" + subject }
 
+// cachedDataKey is the cache hit of DataKey: the cached current DEK of
+// (zone, subject) once the policy allows the zone, or nil and no error if
+// none is cached.
+func (k *Keyring) cachedDataKey(ctx context.Context, zone, subject string) (*DEK, error) {
+	now := k.now()
+	e := k.cache.currentEntry(zone, subject, now)
+	if e == nil {
+		return nil, nil
+	}
+	if !e.allowed(now.UnixNano()) {
+		if err := k.authorizeHit(ctx, e, nil, now); err != nil {
+			return nil, err
+		}
+	}
+	return e.DEK, nil
+}
+
+// cachedKey is the cache hit of Key: the cached DEK with id once the policy
+// allows its zone, or nil and no error if it is not cached.
+func (k *Keyring) cachedKey(ctx context.Context, id envelope.KeyID) (*DEK, error) {
+	now := k.now()
+	e := k.cache.getEntry(id, now)
+	if e == nil {
+		return nil, nil
+	}
+	if !e.allowed(now.UnixNano()) {
+		if err := k.authorizeHit(ctx, e, &id, now); err != nil {
+			return nil, err
+		}
+	}
+	return e.DEK, nil
+}
+
 func newLRU(max int) *lru {
 	return &lru{
 		max:       max,
 		ll:        list.New(),
 		byID:      make(map[envelope.KeyID]*list.Element, min(max, 1024)),
 		bySubject: make(map[string]*list.Element, min(max, 1024)),
+		seed:      rand.Uint64(),
 	}
 }
 
 // get returns the cached, unexpired DEK with id, or nil.
 func (c *lru) get(id envelope.KeyID, now time.Time) *DEK {
+	return c.getEntry(id, now).dek()
+}
+
+// current returns the cached, unexpired current DEK of (zone, subject).
+func (c *lru) current(zone, subject string, now time.Time) *DEK {
+	return c.currentEntry(zone, subject, now).dek()
+}
+
+// dek returns e's DEK, or nil if e is nil.
+func (e *entry) dek() *DEK {
+	if e == nil {
+		return nil
+	}
+	return e.DEK
+}
+
+// getEntry is get returning the entry.
+func (c *lru) getEntry(id envelope.KeyID, now time.Time) *entry {
 	slot := &c.hot[hotSlot(&id)]
-	if e := slot.Load(); e != nil && e.Value.(*DEK).ID() == id {
+	if e := slot.Load(); e != nil && e.id == id {
 		return c.hit(e, now)
 	}
 	c.mu.RLock()
-	e := c.byID[id]
-	if e != nil {
+	var e *entry
+	if el := c.byID[id]; el != nil {
+		e = el.Value.(*entry)
 		slot.Store(e)
 	}
 	c.mu.RUnlock()
 	return c.hit(e, now)
 }
 
-// current returns the cached, unexpired current DEK of (zone, subject).
-func (c *lru) current(zone, subject string, now time.Time) *DEK {
+// currentEntry is current returning the entry.
+func (c *lru) currentEntry(zone, subject string, now time.Time) *entry {
+	slot := c.curSlot(subject)
+	if e := slot.Load(); e != nil && e.subject == subject && e.zone == zone {
+		return c.hit(e, now)
+	}
 	var buf [maxNameKey]byte
 	k := append(append(append(buf[:0], zone...), 0), subject...)
 	c.mu.RLock()
-	e := c.bySubject[string(k)] // no allocation: the conversion is only looked up
+	var e *entry
+	if el := c.bySubject[string(k)]; el != nil { // no allocation: the conversion is only looked up
+		e = el.Value.(*entry)
+		slot.Store(e)
+	}
 	c.mu.RUnlock()
 	return c.hit(e, now)
 }
 
 // hit marks the entry e (nil if there was none) used, or drops it if it has
 // expired.
-func (c *lru) hit(e *list.Element, now time.Time) *DEK {
+func (c *lru) hit(e *entry, now time.Time) *entry {
 	if e == nil {
 		return nil
 	}
-	d := e.Value.(*DEK) // Value never changes once the element is listed
-	if !now.Before(d.expires) {
-		c.mu.Lock()
-		if c.byID[d.ID()] == e {
-			c.removeLocked(e)
-		}
-		c.mu.Unlock()
+	if now.UnixNano() >= e.expires {
+		c.expire(e)
 		return nil
 	}
-	if !d.used.Load() {
-		d.used.Store(true)
+	if !e.used.Load() {
+		e.used.Store(true)
 	}
-	return d
+	return e
+}
+
+// expire drops the expired entry e, unless it has gone.
+func (c *lru) expire(e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byID[e.id] == e.elem {
+		c.removeLocked(e.elem)
+	}
 }
 
 // add caches d; if isCurrent, d becomes the current DEK of its subject.
@@ -103,15 +243,21 @@ func (c *lru) add(d *DEK, isCurrent bool) {
 	if old := c.byID[d.ID()]; old != nil {
 		c.removeLocked(old)
 	}
-	e := c.ll.PushFront(d)
+	en := newEntry(d)
+	e := c.ll.PushFront(en)
+	en.elem = e
 	c.byID[d.ID()] = e
 	if isCurrent && d.Subject != "" {
-		c.bySubject[nameKey(d.Zone, d.Subject)] = e
+		sk := nameKey(d.Zone, d.Subject)
+		if old := c.bySubject[sk]; old != nil {
+			c.curSlot(d.Subject).CompareAndSwap(old.Value.(*entry), nil) // no longer current
+		}
+		c.bySubject[sk] = e
 	}
 	for c.ll.Len() > c.max {
 		back := c.ll.Back()
-		if d := back.Value.(*DEK); d.used.Load() {
-			d.used.Store(false) // second chance
+		if en := back.Value.(*entry); en.used.Load() {
+			en.used.Store(false) // second chance
 			c.ll.MoveToFront(back)
 			continue
 		}
@@ -129,11 +275,11 @@ func (c *lru) remove(id envelope.KeyID) {
 }
 
 func (c *lru) removeLocked(e *list.Element) {
-	d := c.ll.Remove(e).(*DEK)
-	delete(c.byID, d.ID())
-	id := d.ID()
-	c.hot[hotSlot(&id)].CompareAndSwap(e, nil)
-	sk := nameKey(d.Zone, d.Subject)
+	en := c.ll.Remove(e).(*entry)
+	delete(c.byID, en.id)
+	c.hot[hotSlot(&en.id)].CompareAndSwap(en, nil)
+	c.curSlot(en.subject).CompareAndSwap(en, nil)
+	sk := nameKey(en.zone, en.subject)
 	if c.bySubject[sk] == e {
 		delete(c.bySubject, sk)
 	}
@@ -152,8 +298,12 @@ func (c *lru) purge() {
 	for i := range c.hot {
 		c.hot[i].Store(nil)
 	}
+	for i := range c.cur {
+		c.cur[i].Store(nil)
+	}
 	clear(c.byID)
 	clear(c.bySubject)
+	c.decisions.purge()
 }
 
 // removeWhere drops every cached DEK for which drop is true. It walks the
@@ -164,7 +314,7 @@ func (c *lru) removeWhere(drop func(*DEK) bool) int {
 	n := 0
 	for e := c.ll.Front(); e != nil; {
 		next := e.Next()
-		if drop(e.Value.(*DEK)) {
+		if drop(e.Value.(*entry).DEK) {
 			c.removeLocked(e)
 			n++
 		}

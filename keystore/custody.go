@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/zonekey/zonekey/attest"
 	"github.com/zonekey/zonekey/audit"
@@ -77,6 +80,54 @@ func (p *RegionPolicy) Check() error {
 
 // Authorize implements Policy.
 func (p *RegionPolicy) Authorize(ctx context.Context, zone string) (Caller, error) {
+	if p.Attestor == nil {
+		return p.decide(zone, attest.Location{}, "", nil)
+	}
+	loc, token, err := p.Attestor.Current(ctx)
+	return p.decide(zone, loc, token, err)
+}
+
+// untilAttestor is an Attestor that also says how long its answer holds;
+// *attest.Attestor implements it.
+type untilAttestor interface {
+	CurrentUntil(ctx context.Context) (attest.Location, string, time.Time, error)
+}
+
+// decisionTTL bounds how long the keyring reuses a RegionPolicy's allow
+// decision. It is attest.DefaultRefreshInterval: an Attestor with the
+// default interval does not look at new evidence more often.
+const decisionTTL = attest.DefaultRefreshInterval
+
+// authorizeUntil implements decisionPolicy. A decision holds while its
+// inputs do: the Regions (read again every decisionTTL) and the Attestor's
+// answer, which an *attest.Attestor keeps until it asks its Source again or
+// the evidence expires. With any other Attestor it holds for no time.
+func (p *RegionPolicy) authorizeUntil(ctx context.Context, zone string, now time.Time) (Caller, time.Time, error) {
+	until := now.Add(decisionTTL)
+	var loc attest.Location
+	var token string
+	var err error
+	switch a := p.Attestor.(type) {
+	case nil:
+	case untilAttestor:
+		var valid time.Time
+		loc, token, valid, err = a.CurrentUntil(ctx)
+		if valid.Before(until) {
+			until = valid
+		}
+	default:
+		c, err := p.Authorize(ctx, zone)
+		return c, time.Time{}, err
+	}
+	c, err := p.decide(zone, loc, token, err)
+	if err != nil {
+		return c, time.Time{}, err
+	}
+	return c, until, nil
+}
+
+// decide is Authorize given what the Attestor (if any) returned.
+func (p *RegionPolicy) decide(zone string, loc attest.Location, token string, attErr error) (Caller, error) {
 	regions := p.Regions[zone]
 	open := slices.Contains(regions, AnyRegion)
 	if p.Attestor == nil {
@@ -85,15 +136,14 @@ func (p *RegionPolicy) Authorize(ctx context.Context, zone string) (Caller, erro
 		}
 		return Caller{}, fmt.Errorf("%w: zone %q requires an attested caller and none is configured", ErrAttestation, zone)
 	}
-	loc, token, err := p.Attestor.Current(ctx)
-	if err != nil {
+	if attErr != nil {
 		if open {
 			return Caller{}, nil
 		}
-		if !errors.Is(err, ErrAttestation) {
-			err = fmt.Errorf("%w: %w", ErrAttestation, err)
+		if !errors.Is(attErr, ErrAttestation) {
+			attErr = fmt.Errorf("%w: %w", ErrAttestation, attErr)
 		}
-		return Caller{}, err
+		return Caller{}, attErr
 	}
 	c := Caller{Region: loc.Region, Workload: loc.Workload, Issuer: loc.Issuer, Token: token}
 	if open || slices.Contains(regions, loc.Region) {
@@ -105,32 +155,76 @@ func (p *RegionPolicy) Authorize(ctx context.Context, zone string) (Caller, erro
 	return c, fmt.Errorf("%w: caller attested in region %q may not use keys of zone %q (allowed: %v)", ErrOutsideCustody, loc.Region, zone, regions)
 }
 
+// decisionPolicy is a Policy whose allow decisions hold for a known time:
+// authorizeUntil is Authorize, and with an allow it also returns the instant
+// (by the keyring's clock, now) up to which Authorize would allow the zone
+// again with the same Caller. RegionPolicy implements it.
+type decisionPolicy interface {
+	authorizeUntil(ctx context.Context, zone string, now time.Time) (Caller, time.Time, error)
+}
+
 // authorize checks that zone is configured and asks the policy, recording a
-// denial. dek names the DEK concerned, if known.
+// denial. dek names the DEK concerned, if known. It never reuses a decision:
+// it serves the paths that go on to the store or the custodian, which get
+// the Caller as the policy returns it now.
 func (k *Keyring) authorize(ctx context.Context, zone, subject string, dek *envelope.KeyID) (Caller, error) {
 	if _, ok := k.custodians[zone]; !ok {
 		return Caller{}, fmt.Errorf("%w: %q (configured: %v)", ErrUnknownZone, zone, k.Zones())
 	}
-	return k.authorizeKnown(ctx, zone, subject, dek)
+	return k.ask(ctx, zone, subject, dek)
 }
 
-// authorizeKnown is authorize for a zone known to be configured: that of a
-// cached DEK, which was only ever loaded for a configured zone (the
-// custodians never change after New). It still asks the policy.
-func (k *Keyring) authorizeKnown(ctx context.Context, zone, subject string, dek *envelope.KeyID) (Caller, error) {
+// authorizeHit is authorize for a hit of the cached entry e at now, whose
+// own decision (entry.allowed) no longer holds: the zone is that of a cached
+// DEK, which was only ever loaded for a configured zone (the custodians
+// never change after New). It consults the policy through the decision the
+// policy last gave for the zone while that holds (see decisionPolicy), else
+// by asking it again, and has e remember the decision. A hit hands no key to
+// a custodian, so it needs no Caller.
+func (k *Keyring) authorizeHit(ctx context.Context, e *entry, dek *envelope.KeyID, now time.Time) error {
+	d := k.cache.decisions.lookup(e.zone, now)
+	if d == nil {
+		if _, err := k.ask(ctx, e.zone, e.subject, dek); err != nil {
+			return err
+		}
+		d = k.cache.decisions.lookup(e.zone, now) // nil if the policy gives no lasting decision
+	}
+	e.auth.Store(d)
+	return nil
+}
+
+// ask asks the policy about zone, records a denial, and remembers an allow
+// for as long as the policy says it holds.
+func (k *Keyring) ask(ctx context.Context, zone, subject string, dek *envelope.KeyID) (Caller, error) {
 	if k.policy == nil {
 		return Caller{}, nil
 	}
-	c, err := k.policy.Authorize(ctx, zone)
-	if err != nil {
-		ev := audit.Event{Action: audit.Access, Decision: audit.Deny, Reason: err.Error(), Zone: zone, Subject: subject}
-		if dek != nil {
-			ev.DEK = dek.String()
+	dp, cacheable := k.policy.(decisionPolicy)
+	if !cacheable {
+		c, err := k.policy.Authorize(ctx, zone)
+		if err != nil {
+			k.deny(ctx, c, err, zone, subject, dek)
 		}
-		k.record(ctx, c, ev)
 		return c, err
 	}
+	gen := k.cache.decisions.generation()
+	c, until, err := dp.authorizeUntil(ctx, zone, k.now())
+	if err != nil {
+		k.cache.decisions.forget(zone)
+		k.deny(ctx, c, err, zone, subject, dek)
+		return c, err
+	}
+	k.cache.decisions.remember(gen, zone, until)
 	return c, nil
+}
+
+// deny records the policy's refusal of c in zone.
+func (k *Keyring) deny(ctx context.Context, c Caller, err error, zone, subject string, dek *envelope.KeyID) {
+	ev := audit.Event{Action: audit.Access, Decision: audit.Deny, Reason: err.Error(), Zone: zone, Subject: subject}
+	if dek != nil {
+		ev.DEK = dek.String()
+	}
+	k.record(ctx, c, ev)
 }
 
 // record sends an event to the audit sink. The error is ErrAudit-wrapped,
@@ -145,4 +239,101 @@ func (k *Keyring) record(ctx context.Context, c Caller, e audit.Event) error {
 		return fmt.Errorf("%w: %v", ErrAudit, err)
 	}
 	return nil
+}
+
+// decisionCache holds the policy's latest allow decision of each zone that
+// asked for one, while it holds. Zones are few, so it is a copy-on-write
+// list scanned without a lock; a change copies it under mu.
+//
+// A decision that leaves the list (replaced by a newer one, dropped by
+// forget or purge) is revoked, so that the entries remembering it (entry)
+// stop using it: only the decisions in the list are ever used.
+type decisionCache struct {
+	mu  sync.Mutex
+	all atomic.Pointer[[]*decision]
+	gen atomic.Uint64 // advanced by every forget and purge
+}
+
+// decision is one allow decision of a zone.
+type decision struct {
+	zone    string
+	until   int64       // Unix nanoseconds by the keyring's clock; the decision does not hold from then on
+	revoked atomic.Bool // it has left the cache
+}
+
+// lookup returns the decision of zone if it holds at now, or nil.
+func (c *decisionCache) lookup(zone string, now time.Time) *decision {
+	all := c.all.Load()
+	if all == nil {
+		return nil
+	}
+	for _, d := range *all {
+		if d.zone == zone {
+			if now.UnixNano() < d.until {
+				return d
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// generation returns a value to pass to remember: a decision asked for
+// before a forget or purge is not remembered after it.
+func (c *decisionCache) generation() uint64 { return c.gen.Load() }
+
+// remember stores an allow decision of zone until the instant until (no
+// decision if until is zero), unless the cache was changed by forget or
+// purge since gen was read.
+func (c *decisionCache) remember(gen uint64, zone string, until time.Time) {
+	if until.IsZero() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen.Load() != gen {
+		return
+	}
+	c.replaceLocked(zone, &decision{zone: zone, until: unixNano(until)})
+}
+
+// forget drops the decision of zone.
+func (c *decisionCache) forget(zone string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen.Add(1)
+	c.replaceLocked(zone, nil)
+}
+
+// replaceLocked stores a copy of the list with zone's decision replaced by
+// d (removed if d is nil), and revokes the one it replaces. c.mu is held.
+func (c *decisionCache) replaceLocked(zone string, d *decision) {
+	var next []*decision
+	if all := c.all.Load(); all != nil {
+		next = make([]*decision, 0, len(*all)+1)
+		for _, old := range *all {
+			if old.zone == zone {
+				old.revoked.Store(true)
+				continue
+			}
+			next = append(next, old)
+		}
+	}
+	if d != nil {
+		next = append(next, d)
+	}
+	c.all.Store(&next)
+}
+
+// purge drops every decision.
+func (c *decisionCache) purge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen.Add(1)
+	if all := c.all.Load(); all != nil {
+		for _, d := range *all {
+			d.revoked.Store(true)
+		}
+	}
+	c.all.Store(nil)
 }

@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/zonekey/zonekey/audit"
 	"github.com/zonekey/zonekey/envelope"
 	"github.com/zonekey/zonekey/keystore"
+	"github.com/zonekey/zonekey/keystore/boltstore"
 	"github.com/zonekey/zonekey/kms"
 )
 
@@ -290,4 +292,153 @@ func TestRegionPolicyOpenZone(t *testing.T) {
 	require.ErrorIs(t, err, keystore.ErrAttestation)
 	_, err = p.Authorize(t.Context(), "us")
 	require.ErrorIs(t, err, keystore.ErrAttestation)
+}
+
+// countingPolicy allows every zone and counts the calls: a Policy that says
+// nothing of how long its decisions hold.
+type countingPolicy struct{ calls atomic.Int64 }
+
+func (p *countingPolicy) Authorize(context.Context, string) (keystore.Caller, error) {
+	p.calls.Add(1)
+	return keystore.Caller{}, nil
+}
+
+// A Policy that does not say how long its decisions hold is asked on every
+// call, cache hits included.
+func TestCustodyPolicyAskedOnEveryHit(t *testing.T) {
+	e := newEnv(t, false)
+	p := &countingPolicy{}
+	k := e.keyring(t, func(c *keystore.Config) { c.Policy = p })
+	d := dataKey(t, k, "eu", "alice")
+	before := p.calls.Load()
+	for range 5 {
+		dataKey(t, k, "eu", "alice")
+		key(t, k, d.ID())
+	}
+	require.Equal(t, before+10, p.calls.Load())
+}
+
+// A RegionPolicy's decision is reused by cache hits for at most a second
+// of the keyring's clock when there is no attestation to follow: a change
+// of its regions is seen within that.
+func TestCustodyRegionDecisionBoundWithoutAttestation(t *testing.T) {
+	e := newEnv(t, false)
+	p := &keystore.RegionPolicy{Regions: map[string][]string{"eu": {keystore.AnyRegion}, "us": {keystore.AnyRegion}}}
+	k := e.keyring(t, func(c *keystore.Config) { c.Policy = p })
+	d := dataKey(t, k, "eu", "alice")
+
+	// Closing the zone (between calls: the map is not for concurrent
+	// change) shows when the policy is asked again.
+	p.Regions = map[string][]string{"eu": {"europe-west1"}, "us": {keystore.AnyRegion}}
+	dataKey(t, k, "eu", "alice")
+	e.clock.Advance(999 * time.Millisecond)
+	key(t, k, d.ID())
+	e.clock.Advance(time.Millisecond)
+	_, err := k.DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrAttestation)
+	_, err = k.Key(t.Context(), d.ID())
+	require.ErrorIs(t, err, keystore.ErrAttestation)
+
+	// A denial is not reused: reopened, the zone is served at once.
+	p.Regions = map[string][]string{"eu": {keystore.AnyRegion}, "us": {keystore.AnyRegion}}
+	key(t, k, d.ID())
+}
+
+// switchSource is an attestation Source whose token the test changes.
+type switchSource struct{ tok atomic.Pointer[string] }
+
+func (s *switchSource) Token(context.Context) (string, error) { return *s.tok.Load(), nil }
+
+// With an *attest.Attestor, a decision is reused no longer than the
+// Attestor keeps its answer: once it has looked at new evidence placing the
+// process outside the zone, cache hits are refused.
+func TestCustodyRegionDecisionFollowsAttestation(t *testing.T) {
+	e := newCustodyEnv(t)
+	v, err := attest.NewVerifier(e.issuer.IssuerConfig(audience))
+	require.NoError(t, err)
+	token := func(region string) *string {
+		tok, err := e.issuer.Token(audience, region, "svc", time.Hour)
+		require.NoError(t, err)
+		return &tok
+	}
+	src := &switchSource{}
+	src.tok.Store(token("europe-west1"))
+	a := attest.NewAttestor(src, v)
+	const refresh = 200 * time.Millisecond
+	a.RefreshInterval = refresh
+	k := e.env.keyring(t, func(c *keystore.Config) {
+		c.Now = nil
+		c.Policy = &keystore.RegionPolicy{Regions: map[string][]string{"eu": {"europe-west1"}, "us": {"us-east1"}}, Attestor: a}
+	})
+	d := dataKey(t, k, "eu", "alice")
+	key(t, k, d.ID())
+
+	src.tok.Store(token("asia-east1"))
+	deadline := time.Now().Add(refresh + 100*time.Millisecond) // and the coarse clock's lead
+	for {
+		_, derr := k.DataKey(t.Context(), "eu", "alice")
+		_, kerr := k.Key(t.Context(), d.ID())
+		if derr != nil && kerr != nil {
+			require.ErrorIs(t, derr, keystore.ErrOutsideCustody)
+			require.ErrorIs(t, kerr, keystore.ErrOutsideCustody)
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "cache hits still served after the attestor's refresh")
+		time.Sleep(10 * time.Millisecond)
+	}
+	src.tok.Store(token("europe-west4"))
+	time.Sleep(refresh + 50*time.Millisecond)
+	_, err = k.DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody, "europe-west4 is not listed for eu")
+	src.tok.Store(token("europe-west1"))
+	time.Sleep(refresh + 50*time.Millisecond)
+	require.Equal(t, d.ID(), dataKey(t, k, "eu", "alice").ID())
+}
+
+// hitKeyring returns a keyring over a bolt store and a local custodian
+// for zone eu, open to every region as in development, with the DEK of
+// subject cached.
+func hitKeyring(b *testing.B, subject string) (*keystore.Keyring, *keystore.DEK) {
+	dir := b.TempDir()
+	bs, err := boltstore.Open(filepath.Join(dir, "keystore.db"), nil)
+	require.NoError(b, err)
+	b.Cleanup(func() { bs.Close() })
+	c, err := kms.Open(b.Context(), "local://"+filepath.ToSlash(filepath.Join(dir, "eu.kek"))+"?create=1")
+	require.NoError(b, err)
+	b.Cleanup(func() { c.Close() })
+	k, err := keystore.New(keystore.Config{
+		Store:      bs,
+		Custodians: map[string]kms.Custodian{"eu": c},
+		Policy:     &keystore.RegionPolicy{Regions: map[string][]string{"eu": {keystore.AnyRegion}}},
+	})
+	require.NoError(b, err)
+	b.Cleanup(func() { k.Close() })
+	d, err := k.DataKey(b.Context(), "eu", subject)
+	require.NoError(b, err)
+	return k, d
+}
+
+// BenchmarkCacheHits measures DataKey and Key with the DEK cached: the
+// keyring's share of every field encrypt and decrypt.
+func BenchmarkCacheHits(b *testing.B) {
+	const subject = "user-000000"
+	k, d := hitKeyring(b, subject)
+	ctx := b.Context()
+	b.Run("DataKey", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := k.DataKey(ctx, "eu", subject); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	id := d.ID()
+	b.Run("Key", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := k.Key(ctx, id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -272,12 +272,9 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 	}
 	if subject != "" {
 		// A cached current DEK is only ever of a configured zone; the
-		// policy is still asked before it is handed out.
-		if d := k.cache.current(zone, subject, k.now()); d != nil {
-			if _, err := k.authorizeKnown(ctx, zone, subject, nil); err != nil {
-				return nil, err
-			}
-			return d, nil
+		// policy is still consulted before it is handed out.
+		if d, err := k.cachedDataKey(ctx, zone, subject); d != nil || err != nil {
+			return d, err
 		}
 	}
 	caller, err := k.authorize(ctx, zone, subject, nil)
@@ -341,11 +338,8 @@ func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 	if k.closed.Load() {
 		return nil, ErrClosed
 	}
-	if d := k.cache.get(id, k.now()); d != nil {
-		if _, err := k.authorizeKnown(ctx, d.Zone, d.Subject, &id); err != nil {
-			return nil, err
-		}
-		return d, nil
+	if d, err := k.cachedKey(ctx, id); d != nil || err != nil {
+		return d, err
 	}
 	row, err := k.store.DEK(ctx, id)
 	if errors.Is(err, ErrUnknownKey) {
