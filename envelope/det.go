@@ -67,7 +67,7 @@ func (k *DetKey) Seal(plaintext []byte, b Binding) ([]byte, error) {
 		return nil, err
 	}
 	hdr := k.header()
-	ad := appendAD(make([]byte, 0, adLen(b)), hdr[:], b)
+	ad := appendAD(make([]byte, 0, adLen(&b)), hdr[:], &b)
 	ct, err := k.siv.EncryptDeterministically(plaintext, ad)
 	if err != nil {
 		return nil, err
@@ -120,7 +120,7 @@ func (k *DetKey) Open(bin []byte, b Binding) ([]byte, error) {
 	if e.KeyID != k.id {
 		return nil, fmt.Errorf("%w: envelope is sealed under key %s, not %s", ErrUnknownKey, e.KeyID, k.id)
 	}
-	ad := appendAD(make([]byte, 0, adLen(b)), bin[:HeaderSize], b)
+	ad := appendAD(make([]byte, 0, adLen(&b)), bin[:HeaderSize], &b)
 	pt, err := k.siv.DecryptDeterministically(e.Ciphertext, ad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: field %q", ErrTampered, b.Path)

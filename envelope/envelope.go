@@ -36,6 +36,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/zonekey/zonekey/internal/errs"
@@ -142,7 +143,7 @@ type Binding struct {
 	Subject string // data subject of the record, or "" for subject-less records
 }
 
-func (b Binding) valid() error {
+func (b *Binding) valid() error {
 	if len(b.Path) > MaxBindingField || len(b.MapKey) > MaxBindingField || len(b.Subject) > MaxBindingField {
 		return fmt.Errorf("%w: binding field longer than %d bytes", ErrFormat, MaxBindingField)
 	}
@@ -151,10 +152,17 @@ func (b Binding) valid() error {
 
 const adLabel = "zonekey/field/v1"
 
+// adHeadSize is the size of the fixed start of the associated data: the
+// label and the header.
+const adHeadSize = len(adLabel) + HeaderSize
+
+// adLabelBlock is adLabel as an array, to be copied as one block.
+var adLabelBlock = [len(adLabel)]byte([]byte(adLabel))
+
 // appendAD appends the associated data of an envelope with header hdr and
 // binding b: a domain label, the header (version, algorithm, DEK id) and each
 // binding string with a 16-bit length prefix.
-func appendAD(dst []byte, hdr []byte, b Binding) []byte {
+func appendAD(dst []byte, hdr []byte, b *Binding) []byte {
 	dst = append(dst, adLabel...)
 	dst = append(dst, hdr...)
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(b.Path)))
@@ -170,6 +178,9 @@ func appendAD(dst []byte, hdr []byte, b Binding) []byte {
 type Key struct {
 	id   KeyID
 	aead cipher.AEAD // AES-256-GCM that draws its own random nonce
+	// head is the label and the header of the key's envelopes: the start
+	// of the associated data of every value sealed or opened under it.
+	head [adHeadSize]byte
 }
 
 // NewKey returns a Key for the 32-byte secret with the given id. The secret
@@ -186,49 +197,120 @@ func NewKey(id KeyID, secret []byte) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Key{id: id, aead: aead}, nil
+	k := &Key{id: id, aead: aead}
+	copy(k.head[:], adLabel)
+	k.head[len(adLabel)], k.head[len(adLabel)+1] = Version1, AlgAES256GCM
+	copy(k.head[len(adLabel)+2:], id[:])
+	return k, nil
 }
 
 // ID returns the key's id.
 func (k *Key) ID() KeyID { return k.id }
 
-// scratch buffers keep the hot path to one allocation: the result.
-var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+// Scratch buffers keep the hot path to one allocation: the result. A
+// scratchBuf is one buffer; its users slice b up to its capacity, growing
+// it as needed, and ignore its length.
+type scratchBuf struct {
+	b    []byte
+	slot *scratchSlot // the slot it lives in; nil for a pooled buffer
+}
 
-func getScratch() *[]byte { return scratch.Get().(*[]byte) }
+// A scratchSlot holds a buffer that one caller at a time claims with a
+// compare-and-swap, and releases with a store: less work than sync.Pool's
+// Get and Put, with no pointer stores (which cost a write barrier while
+// the garbage collector marks). A caller tries the slot that its stack's
+// address picks, so that goroutines, which have distinct stacks, mostly
+// pick distinct slots; when that slot is busy it takes a buffer from the
+// pool instead.
+type scratchSlot struct {
+	claimed atomic.Uint32
+	buf     scratchBuf
+	_       [24]byte // to 64 bytes, a cache line each: no false sharing
+}
 
-func putScratch(p *[]byte) {
-	if cap(*p) > 64<<10 { // don't keep huge buffers alive
+// scratchSlots is a power of two.
+var scratchSlots [64]scratchSlot
+
+var scratchPool = sync.Pool{New: func() any { return &scratchBuf{b: make([]byte, 0, 1024)} }}
+
+func init() {
+	for i := range scratchSlots {
+		scratchSlots[i].buf.slot = &scratchSlots[i]
+	}
+}
+
+// getScratch returns a scratch buffer; give it back with putScratch.
+func getScratch() *scratchBuf {
+	var probe byte
+	// Goroutine stacks are at least 2 KiB apart.
+	s := &scratchSlots[uintptr(unsafe.Pointer(&probe))>>11%uintptr(len(scratchSlots))]
+	if s.claimed.CompareAndSwap(0, 1) {
+		return &s.buf
+	}
+	return scratchPool.Get().(*scratchBuf)
+}
+
+// putScratch gives back a buffer from getScratch.
+func putScratch(p *scratchBuf) {
+	if cap(p.b) > 64<<10 { // don't keep huge buffers alive
+		p.b = nil
+	}
+	if p.slot != nil {
+		p.slot.claimed.Store(0)
 		return
 	}
-	*p = (*p)[:0]
-	scratch.Put(p)
-}
-
-func (k *Key) header() [HeaderSize]byte {
-	var h [HeaderSize]byte
-	h[0], h[1] = Version1, AlgAES256GCM
-	copy(h[2:], k.id[:])
-	return h
-}
-
-// sealInto seals plaintext bound to b. It uses *sp as scratch for the
-// associated data and the binary envelope, growing it when needed, and
-// returns the binary envelope, which aliases *sp.
-func (k *Key) sealInto(sp *[]byte, plaintext []byte, b Binding) ([]byte, error) {
-	if len(plaintext) > MaxPlaintext {
-		return nil, fmt.Errorf("%w: plaintext longer than %d bytes", ErrFormat, MaxPlaintext)
+	if p.b != nil {
+		scratchPool.Put(p)
 	}
-	if err := b.valid(); err != nil {
+}
+
+// putAD writes into dst, which has room for adLen(b) bytes, the associated
+// data of a value bound to b under k (what appendAD writes with k's
+// header), and returns it. The label and header go as one fixed-size block.
+func (k *Key) putAD(dst []byte, b *Binding) []byte {
+	dst = dst[:adLen(b)]
+	*(*[adHeadSize]byte)(dst) = k.head
+	putBinding(dst[adHeadSize:], b)
+	return dst
+}
+
+// putBinding writes the binding part of the associated data (each string
+// of b after its 16-bit length) into dst, which has room for it.
+func putBinding(dst []byte, b *Binding) {
+	p, m := len(b.Path), len(b.MapKey)
+	binary.BigEndian.PutUint16(dst, uint16(p))
+	copy(dst[2:], b.Path)
+	dst = dst[2+p:]
+	binary.BigEndian.PutUint16(dst, uint16(m))
+	if m > 0 {
+		copy(dst[2:], b.MapKey)
+	}
+	dst = dst[2+m:]
+	binary.BigEndian.PutUint16(dst, uint16(len(b.Subject)))
+	copy(dst[2:], b.Subject)
+}
+
+// checkSeal checks the arguments of a seal.
+func checkSeal(plaintext []byte, b *Binding) error {
+	if len(plaintext) > MaxPlaintext {
+		return fmt.Errorf("%w: plaintext longer than %d bytes", ErrFormat, MaxPlaintext)
+	}
+	return b.valid()
+}
+
+// sealInto seals plaintext bound to b. It uses sp as scratch for the
+// associated data and the binary envelope, growing it when needed, and
+// returns the binary envelope, which aliases sp.
+func (k *Key) sealInto(sp *scratchBuf, plaintext []byte, b *Binding) ([]byte, error) {
+	if err := checkSeal(plaintext, b); err != nil {
 		return nil, err
 	}
-	hdr := k.header()
-	need := len(adLabel) + HeaderSize + 6 + len(b.Path) + len(b.MapKey) + len(b.Subject) + Overhead + len(plaintext)
-	if cap(*sp) < need {
-		*sp = make([]byte, 0, need)
+	a := adLen(b)
+	if need := a + Overhead + len(plaintext); cap(sp.b) < need {
+		sp.b = make([]byte, 0, need)
 	}
-	ad := appendAD((*sp)[:0], hdr[:], b)
-	bin := append(ad[len(ad):], hdr[:]...)
+	ad := k.putAD(sp.b, b)
+	bin := append(ad[a:a], k.head[len(adLabel):]...)
 	// The AEAD writes nonce || ciphertext || tag after the header.
 	return k.aead.Seal(bin, nil, plaintext, ad), nil
 }
@@ -237,7 +319,7 @@ func (k *Key) sealInto(sp *[]byte, plaintext []byte, b Binding) ([]byte, error) 
 func (k *Key) Seal(plaintext []byte, b Binding) ([]byte, error) {
 	sp := getScratch()
 	defer putScratch(sp)
-	bin, err := k.sealInto(sp, plaintext, b)
+	bin, err := k.sealInto(sp, plaintext, &b)
 	if err != nil {
 		return nil, err
 	}
@@ -246,23 +328,24 @@ func (k *Key) Seal(plaintext []byte, b Binding) ([]byte, error) {
 
 // sealText returns the text envelope as a freshly allocated byte slice (the
 // only allocation of the call for values that fit the pooled scratch).
-func (k *Key) sealText(plaintext []byte, b Binding) ([]byte, error) {
+func (k *Key) sealText(plaintext []byte, b *Binding) ([]byte, error) {
 	sp := getScratch()
-	defer putScratch(sp)
 	bin, err := k.sealInto(sp, plaintext, b)
 	if err != nil {
+		putScratch(sp)
 		return nil, err
 	}
 	out := make([]byte, len(Prefix)+b64.EncodedLen(len(bin)))
 	copy(out, Prefix)
 	b64.Encode(out[len(Prefix):], bin)
+	putScratch(sp)
 	return out, nil
 }
 
 // SealString returns the text envelope of the string s bound to b.
 func (k *Key) SealString(s string, b Binding) (string, error) {
 	// The AEAD only reads its plaintext, so viewing s as bytes is safe.
-	out, err := k.sealText(unsafe.Slice(unsafe.StringData(s), len(s)), b)
+	out, err := k.sealText(unsafe.Slice(unsafe.StringData(s), len(s)), &b)
 	if err != nil {
 		return "", err
 	}
@@ -271,7 +354,7 @@ func (k *Key) SealString(s string, b Binding) (string, error) {
 
 // SealBytes returns the text envelope of p bound to b, as bytes.
 func (k *Key) SealBytes(p []byte, b Binding) ([]byte, error) {
-	return k.sealText(p, b)
+	return k.sealText(p, &b)
 }
 
 // Envelope is a parsed binary envelope. Its slices alias the parsed input.
@@ -400,17 +483,29 @@ func decodeText[T ~string | ~[]byte](dst []byte, s T) ([]byte, error) {
 	if !IsText(s) {
 		return nil, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
 	}
-	body := s[len(Prefix):]
-	var m int
-	var err error
-	switch v := any(body).(type) {
+	var src []byte
+	switch v := any(s).(type) {
 	case string:
-		m, err = b64.Decode(dst, unsafe.Slice(unsafe.StringData(v), len(v)))
+		src = unsafe.Slice(unsafe.StringData(v), len(v))
 	case []byte:
-		m, err = b64.Decode(dst, v)
+		src = v
 	default:
-		m, err = b64.Decode(dst, []byte(body))
+		src = []byte(s)
 	}
+	return decodeBody(dst, src[len(Prefix):])
+}
+
+// decodeSlack is the room a decode destination should have past the
+// decoded bytes: the decoder converts eight characters at a time, writing
+// eight bytes, only while that much room is left, and goes four characters
+// at a time, much more slowly, for the rest.
+const decodeSlack = 8
+
+// decodeBody decodes body, the text form after the prefix, into dst, which
+// must have room for b64.DecodedLen of it (and should have decodeSlack
+// more), and returns the binary form.
+func decodeBody(dst, body []byte) ([]byte, error) {
+	m, err := b64.Decode(dst, body)
 	// The decoder skips CR and LF; a body holding any decodes to fewer
 	// bytes than its length implies. Refusing it keeps the form canonical.
 	if err != nil || b64.EncodedLen(m) != len(body) {
@@ -445,7 +540,7 @@ func ParseText[T ~string | ~[]byte](s T) (Envelope, error) {
 // openInto authenticates and decrypts the binary envelope bin bound to b. It
 // builds the associated data in adBuf and appends the plaintext to dst; the
 // three must not overlap.
-func (k *Key) openInto(dst, adBuf, bin []byte, b Binding) ([]byte, error) {
+func (k *Key) openInto(dst, adBuf, bin []byte, b *Binding) ([]byte, error) {
 	if err := checkBinary(bin); err != nil {
 		return nil, err
 	}
@@ -466,7 +561,7 @@ func (k *Key) openInto(dst, adBuf, bin []byte, b Binding) ([]byte, error) {
 	return pt, nil
 }
 
-func adLen(b Binding) int {
+func adLen(b *Binding) int {
 	return len(adLabel) + HeaderSize + 6 + len(b.Path) + len(b.MapKey) + len(b.Subject)
 }
 
@@ -477,28 +572,22 @@ func (k *Key) Open(bin []byte, b Binding) ([]byte, error) {
 	}
 	sp := getScratch()
 	defer putScratch(sp)
-	if cap(*sp) < adLen(b) {
-		*sp = make([]byte, 0, adLen(b))
+	if cap(sp.b) < adLen(&b) {
+		sp.b = make([]byte, 0, adLen(&b))
 	}
-	return k.openInto(nil, (*sp)[:0], bin, b)
-}
-
-// openText decodes and opens s under k using pooled scratch, and hands the
-// plaintext to conv, whose result must not alias it.
-func openText[T ~string | ~[]byte, R any](k *Key, s T, b Binding, conv func([]byte) R) (R, error) {
-	return openTextFunc(s, b, func(KeyID) (*Key, error) { return k, nil }, conv)
+	return k.openInto(nil, sp.b[:0], bin, &b)
 }
 
 // OpenString authenticates and decrypts the text envelope s bound to b and
 // returns the plaintext as a string.
 func (k *Key) OpenString(s string, b Binding) (string, error) {
-	return openText(k, s, b, func(p []byte) string { return string(p) })
+	return openString(unsafe.Slice(unsafe.StringData(s), len(s)), &b, k, nil)
 }
 
 // OpenBytes authenticates and decrypts the text envelope s bound to b and
 // returns the plaintext in a new slice.
 func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
-	return openText(k, s, b, func(p []byte) []byte { return append([]byte(nil), p...) })
+	return openBytes(s, &b, k, nil)
 }
 
 // OpenStringFunc opens the text envelope s bound to b like OpenString, under
@@ -508,62 +597,119 @@ func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
 // envelope; an error from it is returned as it is. The Key key returns must
 // have the id it was asked for.
 func OpenStringFunc(s string, b Binding, key func(KeyID) (*Key, error)) (string, error) {
-	return openTextFunc(s, b, key, func(p []byte) string { return string(p) })
+	return openString(unsafe.Slice(unsafe.StringData(s), len(s)), &b, nil, key)
 }
 
 // OpenBytesFunc is OpenStringFunc for a text envelope held in bytes; it
 // returns the plaintext in a new slice.
 func OpenBytesFunc(s []byte, b Binding, key func(KeyID) (*Key, error)) ([]byte, error) {
-	return openTextFunc(s, b, key, func(p []byte) []byte { return append([]byte(nil), p...) })
+	return openBytes(s, &b, nil, key)
 }
 
-// openTextFunc is openText with the key looked up from the decoded header.
-func openTextFunc[T ~string | ~[]byte, R any](s T, b Binding, key func(KeyID) (*Key, error), conv func([]byte) R) (R, error) {
-	var zero R
-	if err := checkTextLen(len(s)); err != nil {
-		return zero, err
+// openString opens the text envelope text (the bytes of a string, only
+// read) under k, or under the key that key returns if k is nil, and returns
+// the plaintext as a string.
+func openString(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) (string, error) {
+	pt, err := openText(text, b, k, key)
+	// pt is a fresh allocation nothing else refers to.
+	return unsafe.String(unsafe.SliceData(pt), len(pt)), err
+}
+
+// openBytes is openString returning the plaintext in a new slice.
+func openBytes(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
+	return openText(text, b, k, key)
+}
+
+// openText decodes and opens the text envelope text bound to b under k, or
+// under the key that key returns for the id in its header if k is nil, and
+// returns the plaintext in a new slice (nil if it is empty). It decodes
+// into pooled scratch and decrypts straight into the result, so that no
+// plaintext is left in the scratch.
+//
+// The associated data is written first, the envelope's header decoded
+// straight into it, and the rest of the envelope decoded after: by the time
+// AES-GCM reads the associated data, the stores that built it have long
+// completed (reading fresh, piecewise-written data costs a stall per
+// block). Decoding the header apart is the same as decoding the whole: its
+// 18 bytes are exactly 24 characters.
+func openText(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
+	if len(text) > maxText {
+		return nil, checkTextLen(len(text))
 	}
-	if !IsText(s) {
-		return zero, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
+	if !IsText(text) {
+		return nil, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
 	}
-	// Scratch layout: binary envelope | associated data | plaintext. The
-	// binding may be invalid (it is checked after the lookup, as Open
-	// does): size the associated data for what appendAD would write.
-	n := b64.DecodedLen(len(s) - len(Prefix))
-	a := adLen(b)
+	const hdrChars = HeaderSize / 3 * 4
+	body := text[len(Prefix):]
+	if len(body) < hdrChars {
+		return nil, malformed(body)
+	}
 	sp := getScratch()
-	defer putScratch(sp)
-	if cap(*sp) < 2*n+a {
-		*sp = make([]byte, 0, 2*n+a)
+	pt, err := openBody(sp, body, b, k, key)
+	putScratch(sp)
+	return pt, err
+}
+
+// openBody is openText for the body of the text envelope (at least its
+// header) with the scratch sp.
+func openBody(sp *scratchBuf, body []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
+	const hdrChars = HeaderSize / 3 * 4
+	// Scratch layout: associated data (label, header, binding) | the
+	// envelope after its header. The binding may be invalid (it is
+	// checked after the lookup, as Open does): size the associated data
+	// for what putBinding would write.
+	a := adLen(b)
+	n := b64.DecodedLen(len(body) - hdrChars)
+	if cap(sp.b) < a+n+decodeSlack {
+		sp.b = make([]byte, 0, a+n+decodeSlack)
 	}
-	buf := (*sp)[:2*n+a]
-	bin, err := decodeText(buf[:n:n], s)
-	if err != nil {
-		return zero, err
+	buf := sp.b[:a+n+decodeSlack]
+	ad := buf[:a:a]
+	*(*[len(adLabel)]byte)(ad) = adLabelBlock
+	// The header is decoded before the binding is written after it: the
+	// decoder may write up to decodeSlack bytes past it.
+	if m, err := b64.Decode(buf[len(adLabel):a+n], body[:hdrChars]); err != nil || m != HeaderSize {
+		return nil, malformed(body)
 	}
-	if err := checkBinary(bin); err != nil {
-		return zero, err
+	hdr := ad[len(adLabel):adHeadSize]
+	putBinding(ad[adHeadSize:], b)
+	rest, err := decodeBody(buf[a:], body[hdrChars:])
+	if err != nil || len(rest) < Overhead-HeaderSize || hdr[0] != Version1 || hdr[1] != AlgAES256GCM {
+		return nil, malformed(body)
 	}
-	if bin[1] != AlgAES256GCM {
-		return zero, fmt.Errorf("%w: envelope is sealed with %s, not with this key's %s", ErrUnknownKey, algName(bin[1]), algName(AlgAES256GCM))
-	}
-	id := KeyID(bin[2:HeaderSize])
-	k, err := key(id)
-	if err != nil {
-		return zero, err
+	id := KeyID(hdr[2:])
+	if k == nil {
+		if k, err = key(id); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.valid(); err != nil {
-		return zero, err
+		return nil, err
 	}
 	if k.id != id {
-		return zero, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, id, k.id)
+		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, id, k.id)
 	}
-	ad := appendAD(buf[n:n:n+a], bin[:HeaderSize], b)
-	pt, err := k.aead.Open(buf[n+a:n+a], nil, bin[HeaderSize:], ad)
+	var dst []byte
+	if ptLen := len(rest) - NonceSize - TagSize; ptLen > 0 {
+		dst = make([]byte, 0, ptLen)
+	}
+	pt, err := k.aead.Open(dst, nil, rest, ad)
 	if err != nil {
-		return zero, fmt.Errorf("%w: field %q", ErrTampered, b.Path)
+		return nil, fmt.Errorf("%w: field %q", ErrTampered, b.Path)
 	}
-	r := conv(pt)
-	clear(pt)
-	return r, nil
+	return pt, nil
+}
+
+// malformed returns the error of openText for the body of a text envelope
+// that is not a well-formed AES-GCM envelope: why it does not decode, or
+// why the binary envelope is malformed, or that it is of another algorithm.
+func malformed(body []byte) error {
+	bin, err := decodeBody(make([]byte, b64.DecodedLen(len(body))), body)
+	if err != nil {
+		return err
+	}
+	if err := checkBinary(bin); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: envelope is sealed with %s, not with this key's %s", ErrUnknownKey, algName(bin[1]), algName(AlgAES256GCM))
 }

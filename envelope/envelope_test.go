@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 )
@@ -292,12 +293,12 @@ func TestTextKeyID(t *testing.T) {
 func TestAssociatedData(t *testing.T) {
 	id := testID(5)
 	hdr := append([]byte{Version1, AlgAES256GCM}, id[:]...)
-	got := appendAD(nil, hdr, Binding{Path: "ab", MapKey: "", Subject: "c"})
+	got := appendAD(nil, hdr, &Binding{Path: "ab", MapKey: "", Subject: "c"})
 	want := "zonekey/field/v1" + "\x01\x01" + string(id[:]) + "\x00\x02ab" + "\x00\x00" + "\x00\x01c"
 	require.Equal(t, []byte(want), got)
 	require.Equal(t, refAD(hdr, Binding{Path: "ab", Subject: "c"}), got)
-	require.NotEqual(t, got, appendAD(nil, hdr, Binding{Path: "a", Subject: "bc"}))
-	require.Equal(t, adLen(Binding{Path: "ab", Subject: "c"}), len(got))
+	require.NotEqual(t, got, appendAD(nil, hdr, &Binding{Path: "a", Subject: "bc"}))
+	require.Equal(t, adLen(&Binding{Path: "ab", Subject: "c"}), len(got))
 }
 
 func TestBinding(t *testing.T) {
@@ -832,6 +833,10 @@ func TestAllocs(t *testing.T) {
 	}
 }
 
+func TestScratchSlotSize(t *testing.T) {
+	require.Equal(t, uintptr(64), unsafe.Sizeof(scratchSlot{}), "a scratch slot fills one cache line")
+}
+
 // The pooled scratch that OpenString decrypts into is wiped before it is
 // returned to the pool: no plaintext outlives the call there.
 func TestScratchHoldsNoPlaintext(t *testing.T) {
@@ -851,7 +856,7 @@ func TestScratchHoldsNoPlaintext(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, pt, got)
 		sp := getScratch()
-		buf := (*sp)[:cap(*sp)]
+		buf := sp.b[:cap(sp.b)]
 		used := bytes.Contains(buf, openLayout) // this buffer served OpenString
 		leaked := bytes.Contains(buf, []byte(pt))
 		putScratch(sp)

@@ -342,7 +342,7 @@ func TestVectors(t *testing.T) {
 			tid, err := TextKeyID(v.Envelope)
 			require.NoError(t, err)
 			require.Equal(t, id, tid)
-			require.Equal(t, ad, appendAD(nil, bin[:HeaderSize], b))
+			require.Equal(t, ad, appendAD(nil, bin[:HeaderSize], &b))
 
 			// (b) The reference opens what the package seals, in both
 			// the text and the binary form.
