@@ -248,6 +248,7 @@ type walker struct {
 	subject string
 	dek     *keystore.DEK      // encrypt: the record's DEK; decrypt: the last one used
 	aux     []*keystore.AuxKey // current index and deterministic keys used by this call
+	looked  bool               // openKey was called by the last openOnce
 	writes  []write
 	targets []target // alias check scratch
 	depth   int
@@ -295,6 +296,15 @@ const maxPooledWrites = 4096
 // run walks the struct v points to in mode m and reports whether it
 // changed any field.
 func (c *Crypter) run(ctx context.Context, v any, m mode, opts []CallOption) (changed bool, err error) {
+	if len(opts) == 0 && (m == modeEncrypt || m == modeDecrypt) {
+		// The common call: a record whose plan is flat (then it has
+		// neither blind-index nor deterministic fields).
+		if p := planOfPointer(reflect.TypeOf(v)); p != nil && p.flat != nil && p.err == nil {
+			if ptr := pointerOf(v); ptr != nil {
+				return c.runFlat(ctx, v, ptr, p, m == modeEncrypt)
+			}
+		}
+	}
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
 		return false, fmt.Errorf("%w: want a non-nil pointer to a struct, got %T", ErrInvalidValue, v)
@@ -307,9 +317,6 @@ func (c *Crypter) run(ctx context.Context, v any, m mode, opts []CallOption) (ch
 	if m != modeBlank && p.searchable() && (c == nil || c.search == nil) {
 		return false, fmt.Errorf("%w: %s has blind-index or deterministic fields, and the Keyring does not hold their keys (it does not implement SearchKeyring)", ErrUnsupportedField, rv.Type())
 	}
-	if p.flat && len(opts) == 0 && (m == modeEncrypt || m == modeDecrypt) {
-		return c.runFlat(ctx, v, rv, p, m == modeEncrypt)
-	}
 	w := walkers.Get().(*walker)
 	defer w.release()
 	w.c, w.ctx, w.typ = c, ctx, rv.Type()
@@ -318,7 +325,13 @@ func (c *Crypter) run(ctx context.Context, v any, m mode, opts []CallOption) (ch
 		o.apply(&w.opts)
 	}
 	if !w.blank {
-		if err := w.identify(v, rv, p); err != nil {
+		if p.zoneIdx != nil {
+			w.zone = rv.FieldByIndex(p.zoneIdx).String()
+		}
+		if p.subjectIdx != nil {
+			w.subject = rv.FieldByIndex(p.subjectIdx).String()
+		}
+		if err := w.identify(v, p); err != nil {
 			return false, err
 		}
 	}
@@ -348,18 +361,39 @@ func (c *Crypter) run(ctx context.Context, v any, m mode, opts []CallOption) (ch
 	return len(w.writes) > 0, nil
 }
 
+// pointerOf returns the pointer held by v, whose dynamic type is a pointer
+// type: the data word of the interface, which is what
+// reflect.ValueOf(v).UnsafePointer() returns after a switch on the kind.
+func pointerOf(v any) unsafe.Pointer {
+	return (*[2]unsafe.Pointer)(unsafe.Pointer(&v))[1]
+}
+
 // maxFlat bounds the fields of a record the flat path handles.
 const maxFlat = 8
 
-// runFlat is run for the common records whose sealed values are all direct
-// string and []byte fields, called without options: the walker and the new
-// values live on the stack, with no pending-write list, no alias check (a
-// field's storage is its own) and no pool round trip. It is all-or-nothing
-// like run.
-func (c *Crypter) runFlat(ctx context.Context, v any, rv reflect.Value, p *plan, encrypt bool) (changed bool, err error) {
-	w := walker{c: c, ctx: ctx, typ: rv.Type(), encrypt: encrypt}
-	if err := w.identify(v, rv, p); err != nil {
-		return false, err
+// runFlat is run for the common records, whose sealed values are all direct
+// string and []byte fields (plan.flat), called without options. It reads
+// and writes the fields at their offsets from rec, the record v points to,
+// without reflection: the walker and the new values live on the stack, with
+// no pending-write list, no alias check (a field's storage is its own) and
+// no pool round trip. It is all-or-nothing like run.
+func (c *Crypter) runFlat(ctx context.Context, v any, rec unsafe.Pointer, p *plan, encrypt bool) (changed bool, err error) {
+	// Set field by field: a composite literal of this size is built
+	// aside and copied, which costs more than the whole walk.
+	var w walker
+	w.c, w.ctx, w.typ, w.encrypt = c, ctx, p.typ, encrypt
+	if p.zoneIdx != nil {
+		w.zone = *(*string)(unsafe.Add(rec, p.zoneOff))
+	}
+	if p.subjectIdx != nil {
+		w.subject = *(*string)(unsafe.Add(rec, p.subjectOff))
+	}
+	// Both tags set and nothing to resolve: identify would only check
+	// them.
+	if c.resolver != nil || p.zoneIdx == nil || p.subjectIdx == nil || w.subject == "" || w.zone == "" {
+		if err := w.identify(v, p); err != nil {
+			return false, err
+		}
 	}
 	if encrypt {
 		w.dek, err = c.keys.DataKey(ctx, w.zone, w.subject)
@@ -367,46 +401,89 @@ func (c *Crypter) runFlat(ctx context.Context, v any, rv reflect.Value, p *plan,
 			return false, &FieldError{Op: w.op(), Type: w.typ, Zone: w.zone, Err: err}
 		}
 	}
+	// Every sealed field of a flat plan is exported (the plan refuses
+	// unexported ones), so assigning through its address is what
+	// reflect's SetString and SetBytes would do.
 	var outS [maxFlat]string
 	var outB [maxFlat][]byte
 	var set [maxFlat]bool
-	fields := p.root.fields
-	for i, f := range fields {
-		fv := rv.Field(f.index)
-		var ok bool
+	for i := range p.flat {
+		f := &p.flat[i]
+		ptr := unsafe.Add(rec, f.off)
 		if f.node.kind == kString {
-			s := fv.String()
-			if s == "" {
-				continue
+			if s := *(*string)(ptr); s != "" {
+				outS[i], set[i], err = w.flatString(s, f.node)
 			}
-			outS[i], ok, err = sealedValue(&w, s, f.node, "", &stringOps)
-		} else {
-			b := fv.Bytes()
-			if len(b) == 0 {
-				continue
-			}
-			outB[i], ok, err = sealedValue(&w, b, f.node, "", &bytesOps)
+		} else if b := *(*[]byte)(ptr); len(b) != 0 {
+			outB[i], set[i], err = w.flatBytes(b, f.node)
 		}
 		if err != nil {
 			return false, err
 		}
-		if ok && !fv.CanSet() {
-			return false, w.fail(f.node, "", "", fmt.Errorf("%w: field is not settable", ErrUnsupportedField))
-		}
-		set[i] = ok
 	}
-	for i, f := range fields {
+	for i := range p.flat {
 		if !set[i] {
 			continue
 		}
 		changed = true
+		f := &p.flat[i]
+		ptr := unsafe.Add(rec, f.off)
 		if f.node.kind == kString {
-			rv.Field(f.index).SetString(outS[i])
+			*(*string)(ptr) = outS[i]
 		} else {
-			rv.Field(f.index).SetBytes(outB[i])
+			*(*[]byte)(ptr) = outB[i]
 		}
 	}
 	return changed, nil
+}
+
+// flatString is sealedValue for a direct string field s at n of a flat
+// record. It goes straight to the envelope in the common cases, a value
+// that cannot be an envelope to seal or an AES-GCM envelope to open, and
+// leaves anything else to sealedValue, which also says what is wrong.
+func (w *walker) flatString(s string, n *node) (string, bool, error) {
+	if w.encrypt {
+		if len(s) < minDetText || !envelope.IsText(s) {
+			out, err := w.dek.SealString(s, envelope.Binding{Path: n.path, Subject: w.subject})
+			if err != nil {
+				return "", false, w.fail(n, "", "", err)
+			}
+			return out, true, nil
+		}
+	} else if len(s) >= minText && envelope.IsText(s) {
+		w.looked = false
+		out, err := envelope.OpenStringFunc(s, envelope.Binding{Path: n.path, Subject: w.subject}, w.openKey)
+		if w.looked {
+			if err != nil {
+				return "", false, openErr(w, s, n, "", err)
+			}
+			return out, true, nil
+		}
+	}
+	return sealedValue(w, s, n, "", &stringOps)
+}
+
+// flatBytes is flatString for a []byte field.
+func (w *walker) flatBytes(s []byte, n *node) ([]byte, bool, error) {
+	if w.encrypt {
+		if len(s) < minDetText || !envelope.IsText(s) {
+			out, err := w.dek.SealBytes(s, envelope.Binding{Path: n.path, Subject: w.subject})
+			if err != nil {
+				return nil, false, w.fail(n, "", "", err)
+			}
+			return out, true, nil
+		}
+	} else if len(s) >= minText && envelope.IsText(s) {
+		w.looked = false
+		out, err := envelope.OpenBytesFunc(s, envelope.Binding{Path: n.path, Subject: w.subject}, w.openKey)
+		if w.looked {
+			if err != nil {
+				return nil, false, openErr(w, s, n, "", err)
+			}
+			return out, true, nil
+		}
+	}
+	return sealedValue(w, s, n, "", &bytesOps)
 }
 
 // release resets w and returns it to the pool.
@@ -422,16 +499,11 @@ func (w *walker) release() {
 	walkers.Put(w)
 }
 
-// identify finds the record's zone and subject from tags, options or the
-// resolver.
-func (w *walker) identify(v any, rv reflect.Value, p *plan) error {
+// identify completes the record's zone and subject, which the caller has
+// read from the tagged fields, from options or the resolver, and checks
+// them.
+func (w *walker) identify(v any, p *plan) error {
 	op := w.op()
-	if p.zoneIdx != nil {
-		w.zone = rv.FieldByIndex(p.zoneIdx).String()
-	}
-	if p.subjectIdx != nil {
-		w.subject = rv.FieldByIndex(p.subjectIdx).String()
-	}
 	if (p.zoneIdx != nil && w.opts.zone != "") || (p.subjectIdx != nil && w.opts.subject != "") {
 		return fmt.Errorf("%w: %s %s: zone or subject given by option for a type that has the tag", ErrInvalidValue, op, w.typ)
 	}
@@ -879,43 +951,48 @@ func openOnce[T string | []byte](w *walker, s T, n *node, mapKey string) (out T,
 	if len(s) < minText || !envelope.IsText(s) {
 		return out, false, nil
 	}
-	var dek *keystore.DEK
-	var keyErr error
-	called := false
-	key := func(id envelope.KeyID) (*envelope.Key, error) {
-		called = true
-		dek, keyErr = w.keyFor(id)
-		if keyErr != nil {
-			return nil, keyErr
-		}
-		return dek.Key, nil
-	}
-	// Called directly, not through a function value, so that the
-	// callback does not escape to the heap.
+	w.looked = false
+	// Called directly, not through a function value, so that the key
+	// lookup (a method value) does not escape to the heap.
 	switch v := any(s).(type) {
 	case string:
 		var o string
-		o, err = envelope.OpenStringFunc(v, w.binding(n, mapKey), key)
+		o, err = envelope.OpenStringFunc(v, w.binding(n, mapKey), w.openKey)
 		out = T(o)
 	case []byte:
 		var o []byte
-		o, err = envelope.OpenBytesFunc(v, w.binding(n, mapKey), key)
+		o, err = envelope.OpenBytesFunc(v, w.binding(n, mapKey), w.openKey)
 		out = T(o)
 	}
-	return out, called, openErr(w, n, mapKey, dek, keyErr, err)
+	if !w.looked {
+		return out, false, nil
+	}
+	if err != nil {
+		return out, true, openErr(w, s, n, mapKey, err)
+	}
+	return out, true, nil
 }
 
-// openErr wraps the error of openOnce as leaf does.
-func openErr(w *walker, n *node, mapKey string, dek *keystore.DEK, keyErr, err error) error {
-	if err == nil {
-		return nil
+// openKey is the key lookup of openOnce: the DEK named id, which must be
+// the record subject's. It notes in w that it was called, and stores no
+// pointer there beside the DEK keyFor keeps: a pointer store costs a write
+// barrier while the garbage collector marks.
+func (w *walker) openKey(id envelope.KeyID) (*envelope.Key, error) {
+	w.looked = true
+	dek, err := w.keyFor(id)
+	if err != nil {
+		return nil, err
 	}
+	return dek.Key, nil
+}
+
+// openErr wraps the error err of openOnce for the envelope s as leaf does,
+// naming the zone of its DEK when the lookup found it (keyFor then keeps it
+// in w.dek).
+func openErr[T string | []byte](w *walker, s T, n *node, mapKey string, err error) error {
 	zone := ""
-	if dek != nil {
-		zone = dek.Zone
-	}
-	if keyErr != nil {
-		err = keyErr
+	if id, herr := envelope.TextKeyID(s); herr == nil && w.dek != nil && w.dek.ID() == id {
+		zone = w.dek.Zone
 	}
 	return w.fail(n, mapKey, zone, err)
 }

@@ -282,13 +282,41 @@ type field struct {
 // plan is everything fieldcrypt knows about one struct type.
 type plan struct {
 	typ        reflect.Type // the record type (set by planFor)
+	ptrTyp     reflect.Type // *typ (set by planFor)
 	root       *node
 	zoneIdx    []int            // index path of the zone field, nil if none
 	subjectIdx []int            // index path of the subject field, nil if none
 	indexes    map[string]*node // blind-index fields by path
 	dets       map[string]*node // deterministic leaves by path
-	flat       bool             // every sealed value is a direct string or []byte field (fast path)
 	err        error
+
+	// flat lists the sealed fields of a record whose sealed values are
+	// all direct string and []byte fields, none deterministic, without
+	// blind indexes: the common record, which runFlat handles without
+	// reflection. It is nil for any other record.
+	flat []flatField
+	// zoneOff and subjectOff are the offsets of the zone and subject
+	// fields in the record (reached through structs embedded by value,
+	// so at fixed offsets), when zoneIdx and subjectIdx are set.
+	zoneOff, subjectOff uintptr
+}
+
+// flatField is a sealed field of a flat record.
+type flatField struct {
+	off  uintptr // offset in the record
+	node *node   // a kString or kBytes leaf
+}
+
+// offsetOf returns the offset in struct type t of the field at the index
+// path idx, which passes only through structs embedded by value.
+func offsetOf(t reflect.Type, idx []int) uintptr {
+	var off uintptr
+	for _, i := range idx {
+		sf := t.Field(i)
+		off += sf.Offset
+		t = sf.Type
+	}
+	return off
 }
 
 // searchable reports whether the type has blind-index or deterministic
@@ -324,10 +352,30 @@ func planFor(t reflect.Type) *plan {
 		p = v.(*plan)
 	} else {
 		np := buildPlan(t)
-		np.typ = t
+		np.typ, np.ptrTyp = t, reflect.PointerTo(t)
 		v, _ := planCache.LoadOrStore(t, np)
 		p = v.(*plan)
 	}
+	slot.Store(p)
+	return p
+}
+
+// ptrPlanSlots is planSlots for the pointer types of records: the argument
+// of Encrypt and Decrypt, which can then find the plan of their record
+// without taking the pointer type apart.
+var ptrPlanSlots [64]atomic.Pointer[plan]
+
+// planOfPointer returns the plan of the struct type pt points to, or nil if
+// pt is not a pointer to a struct.
+func planOfPointer(pt reflect.Type) *plan {
+	slot := &ptrPlanSlots[planSlot(pt)]
+	if p := slot.Load(); p != nil && typeWord(p.ptrTyp) == typeWord(pt) {
+		return p
+	}
+	if pt == nil || pt.Kind() != reflect.Pointer || pt.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	p := planFor(pt.Elem())
 	slot.Store(p)
 	return p
 }
@@ -340,8 +388,15 @@ var planSlots [64]atomic.Pointer[plan]
 
 // planSlot picks the slot of t from the address of its type descriptor.
 func planSlot(t reflect.Type) uintptr {
-	a := uintptr((*[2]unsafe.Pointer)(unsafe.Pointer(&t))[1])
+	a := uintptr(typeWord(t))
 	return (a>>4 ^ a>>10) % uintptr(len(planSlots))
+}
+
+// typeWord returns the address of t's type descriptor, which identifies t:
+// the data word of the interface (reflect's types are unique). Comparing
+// two of them is cheaper than comparing the interfaces.
+func typeWord(t reflect.Type) unsafe.Pointer {
+	return (*[2]unsafe.Pointer)(unsafe.Pointer(&t))[1]
 }
 
 type builder struct {
@@ -366,11 +421,22 @@ func buildPlan(t reflect.Type) *plan {
 	}
 	b.prune()
 	p.root = root
-	p.flat = !p.searchable() && len(root.fields) <= maxFlat
+	if p.zoneIdx != nil {
+		p.zoneOff = offsetOf(t, p.zoneIdx)
+	}
+	if p.subjectIdx != nil {
+		p.subjectOff = offsetOf(t, p.subjectIdx)
+	}
+	flat := !p.searchable() && len(root.fields) <= maxFlat
 	for _, f := range root.fields {
 		if k := f.node.kind; k != kString && k != kBytes || f.node.det {
-			p.flat = false
+			flat = false
+			break
 		}
+		p.flat = append(p.flat, flatField{off: t.Field(f.index).Offset, node: f.node})
+	}
+	if !flat {
+		p.flat = nil
 	}
 	return p
 }
