@@ -322,3 +322,29 @@ func (c *lru) removeWhere(drop func(*DEK) bool) int {
 	}
 	return n
 }
+
+// SharedAuxKeys is AuxKeys for callers that only read the result: the
+// slice it returns is the keyring's own list of the live versions, shared
+// with every other caller, and must not be modified. It spares AuxKeys'
+// copy on the query path of a blind index. The policy is consulted as for
+// a DEK cache hit (see authorizeHit): through the decision it last gave
+// for the zone while that holds; otherwise, and whenever the live versions
+// are not cached, SharedAuxKeys is AuxKeys, checks and audit included.
+func (k *Keyring) SharedAuxKeys(ctx context.Context, zone string, purpose AuxPurpose, name string) ([]*AuxKey, error) {
+	if k.closed.Load() {
+		return nil, ErrClosed
+	}
+	now := k.now()
+	if k.policy == nil || k.cache.decisions.lookup(zone, now) != nil {
+		// Live versions are only ever cached for a configured zone and a
+		// valid purpose and name.
+		if l := k.aux.liveSet(auxName{zone, purpose, name}); l != nil && now.Before(l.expires) {
+			return l.keys, nil
+		}
+	}
+	keys, err := k.AuxKeys(ctx, zone, purpose, name)
+	if err == nil && k.policy != nil && k.cache.decisions.lookup(zone, now) == nil {
+		k.learnDecision(ctx, zone)
+	}
+	return keys, err
+}

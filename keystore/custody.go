@@ -218,6 +218,21 @@ func (k *Keyring) ask(ctx context.Context, zone, subject string, dek *envelope.K
 	return c, nil
 }
 
+// learnDecision asks the policy about zone only to remember a lasting
+// allow, for a caller that was just authorized another way (AuxKeys asks
+// the policy without remembering). A denial is not recorded here: the
+// call it would concern has been authorized, and the next one asks again.
+func (k *Keyring) learnDecision(ctx context.Context, zone string) {
+	dp, ok := k.policy.(decisionPolicy)
+	if !ok {
+		return
+	}
+	gen := k.cache.decisions.generation()
+	if _, until, err := dp.authorizeUntil(ctx, zone, k.now()); err == nil {
+		k.cache.decisions.remember(gen, zone, until)
+	}
+}
+
 // deny records the policy's refusal of c in zone.
 func (k *Keyring) deny(ctx context.Context, c Caller, err error, zone, subject string, dek *envelope.KeyID) {
 	ev := audit.Event{Action: audit.Access, Decision: audit.Deny, Reason: err.Error(), Zone: zone, Subject: subject}

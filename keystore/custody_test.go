@@ -442,3 +442,56 @@ func BenchmarkCacheHits(b *testing.B) {
 		}
 	})
 }
+
+// SharedAuxKeys returns what AuxKeys returns, without a copy, and follows
+// rotations and custody as AuxKeys does.
+func TestSharedAuxKeys(t *testing.T) {
+	e := newCustodyEnv(t)
+	k := e.keyring(t)
+	ctx := t.Context()
+	shared, err := k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx") // creates version 1
+	require.NoError(t, err)
+	copied, err := k.AuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	require.Equal(t, copied, shared)
+	require.Len(t, shared, 1)
+
+	_, err = k.RotateAuxKey(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	shared, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	require.Len(t, shared, 2, "a rotation in this process is seen at once")
+	require.Equal(t, uint32(2), shared[0].Version)
+
+	// An out-of-zone caller is refused, and the refusal audited, cached
+	// versions or not.
+	e.as("asia-east1")
+	_, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
+	require.NotEmpty(t, e.audit.of(audit.Access, audit.Deny))
+	e.as("europe-west1")
+	_, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "no\x00name")
+	require.ErrorIs(t, err, keystore.ErrInvalidValue)
+	_, err = k.SharedAuxKeys(ctx, "mars", keystore.AuxIndex, "EmailIdx")
+	require.ErrorIs(t, err, keystore.ErrUnknownZone)
+	require.NoError(t, k.Close())
+	_, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.ErrorIs(t, err, keystore.ErrClosed)
+}
+
+// With a RegionPolicy decision cached, SharedAuxKeys still sees a closed
+// zone within the decision's second.
+func TestSharedAuxKeysDecisionBound(t *testing.T) {
+	e := newEnv(t, false)
+	p := &keystore.RegionPolicy{Regions: map[string][]string{"eu": {keystore.AnyRegion}, "us": {keystore.AnyRegion}}}
+	k := e.keyring(t, func(c *keystore.Config) { c.Policy = p })
+	ctx := t.Context()
+	_, err := k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	p.Regions = map[string][]string{"eu": {"europe-west1"}, "us": {keystore.AnyRegion}}
+	_, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	e.clock.Advance(time.Second)
+	_, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.ErrorIs(t, err, keystore.ErrAttestation)
+}
