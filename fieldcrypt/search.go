@@ -125,15 +125,51 @@ func (c *Crypter) IndexTerms(ctx context.Context, zone string, record any, index
 	if c.search == nil {
 		return nil, fail(fmt.Errorf("%w: the Keyring does not hold index keys", ErrUnsupportedField))
 	}
-	keys, err := c.search.AuxKeys(ctx, zone, keystore.AuxIndex, n.index.name)
+	var keys []*keystore.AuxKey
+	if sk, ok := c.search.(sharedAuxKeyring); ok {
+		keys, err = sk.SharedAuxKeys(ctx, zone, keystore.AuxIndex, n.index.name) // only read below
+	} else {
+		keys, err = c.search.AuxKeys(ctx, zone, keystore.AuxIndex, n.index.name)
+	}
 	if err != nil {
 		return nil, fail(err)
 	}
+	return indexTerms(keys, n.index, value), nil
+}
+
+// sharedAuxKeyring is a SearchKeyring that hands out its cached list of
+// live key versions to read, without a copy; *keystore.Keyring is one.
+type sharedAuxKeyring interface {
+	SharedAuxKeys(ctx context.Context, zone string, purpose keystore.AuxPurpose, name string) ([]*keystore.AuxKey, error)
+}
+
+// maxTerm bounds the length of a term: a 32-bit version in decimal, ":",
+// and at most MaxIndexBits bits in hex.
+const maxTerm = 10 + 1 + MaxIndexBits/4
+
+// oneTerm is the result of indexTerms for one key version in one
+// allocation: the slice's array and the term's bytes side by side.
+type oneTerm struct {
+	terms [1]string
+	buf   [maxTerm]byte
+}
+
+// indexTerms returns the terms of value under keys, in their order. With
+// one key, the usual case, it allocates once.
+func indexTerms(keys []*keystore.AuxKey, spec *indexSpec, value string) []string {
+	v := normalize(value, spec.norm)
+	if len(keys) == 1 {
+		t := new(oneTerm)
+		b := appendTerm(t.buf[:0], keys[0], spec, v)
+		t.terms[0] = unsafe.String(&t.buf[0], len(b)) // t.buf is not written again
+		return t.terms[:]
+	}
 	terms := make([]string, len(keys))
 	for i, k := range keys {
-		terms[i] = indexTerm(k, n.index, value)
+		var buf [maxTerm]byte
+		terms[i] = string(appendTerm(buf[:0], k, spec, v))
 	}
-	return terms, nil
+	return terms
 }
 
 // DeterministicTerms returns the envelopes that the deterministic field
@@ -192,6 +228,11 @@ func planOf(record any) (reflect.Type, *plan, error) {
 	t, ok := record.(reflect.Type)
 	if !ok {
 		t = reflect.TypeOf(record)
+		// A pointer to the record, the usual argument: its plan is
+		// found without taking the type apart.
+		if p := planOfPointer(t); p != nil && p.err == nil {
+			return p.typ, p, nil
+		}
 	}
 	if t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -234,12 +275,17 @@ func normalize(s string, n Normalizer) string {
 	return s
 }
 
-// indexTerm returns the term of value under key: the key's version in
-// decimal, ":", and the first spec.bits bits of HMAC-SHA256(key, normalised
-// value) in lowercase hex, in ceil(bits/8) bytes whose unused low bits are
-// zero.
+// indexTerm returns the term of value under key.
 func indexTerm(key *keystore.AuxKey, spec *indexSpec, value string) string {
-	v := normalize(value, spec.norm)
+	var buf [maxTerm]byte
+	return string(appendTerm(buf[:0], key, spec, normalize(value, spec.norm)))
+}
+
+// appendTerm appends the term of the normalised value v under key to dst:
+// the key's version in decimal, ":", and the first spec.bits bits of
+// HMAC-SHA256(key, v) in lowercase hex, in ceil(bits/8) bytes whose unused
+// low bits are zero.
+func appendTerm(dst []byte, key *keystore.AuxKey, spec *indexSpec, v string) []byte {
 	var buf [sha256.Size]byte
 	sum := key.MAC(buf[:0], unsafe.Slice(unsafe.StringData(v), len(v)))
 	nb := (spec.bits + 7) / 8
@@ -247,11 +293,9 @@ func indexTerm(key *keystore.AuxKey, spec *indexSpec, value string) string {
 	if r := spec.bits % 8; r != 0 {
 		sum[nb-1] &= byte(0xff << (8 - r))
 	}
-	var out [10 + 1 + 2*sha256.Size]byte
-	b := strconv.AppendUint(out[:0], uint64(key.Version), 10)
-	b = append(b, ':')
-	b = hex.AppendEncode(b, sum)
-	return string(b)
+	dst = strconv.AppendUint(dst, uint64(key.Version), 10)
+	dst = append(dst, ':')
+	return hex.AppendEncode(dst, sum)
 }
 
 // auxKey returns the current key of purpose and name in the record's zone,
