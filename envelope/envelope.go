@@ -623,15 +623,8 @@ func openBytes(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) (
 // openText decodes and opens the text envelope text bound to b under k, or
 // under the key that key returns for the id in its header if k is nil, and
 // returns the plaintext in a new slice (nil if it is empty). It decodes
-// into pooled scratch and decrypts straight into the result, so that no
+// into scratch and decrypts straight into the result, so that no
 // plaintext is left in the scratch.
-//
-// The associated data is written first, the envelope's header decoded
-// straight into it, and the rest of the envelope decoded after: by the time
-// AES-GCM reads the associated data, the stores that built it have long
-// completed (reading fresh, piecewise-written data costs a stall per
-// block). Decoding the header apart is the same as decoding the whole: its
-// 18 bytes are exactly 24 characters.
 func openText(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
 	if len(text) > maxText {
 		return nil, checkTextLen(len(text))
@@ -639,61 +632,48 @@ func openText(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([
 	if !IsText(text) {
 		return nil, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
 	}
-	const hdrChars = HeaderSize / 3 * 4
 	body := text[len(Prefix):]
-	if len(body) < hdrChars {
-		return nil, malformed(body)
-	}
-	sp := getScratch()
-	pt, err := openBody(sp, body, b, k, key)
-	putScratch(sp)
-	return pt, err
-}
-
-// openBody is openText for the body of the text envelope (at least its
-// header) with the scratch sp.
-func openBody(sp *scratchBuf, body []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
-	const hdrChars = HeaderSize / 3 * 4
-	// Scratch layout: associated data (label, header, binding) | the
-	// envelope after its header. The binding may be invalid (it is
-	// checked after the lookup, as Open does): size the associated data
-	// for what putBinding would write.
+	// Scratch layout: binary envelope | associated data. The binding may
+	// be invalid (it is checked after the lookup, as Open does): size
+	// the associated data for what putAD would write.
+	n := b64.DecodedLen(len(body))
 	a := adLen(b)
-	n := b64.DecodedLen(len(body) - hdrChars)
-	if cap(sp.b) < a+n+decodeSlack {
-		sp.b = make([]byte, 0, a+n+decodeSlack)
+	sp := getScratch()
+	if cap(sp.b) < n+decodeSlack+a {
+		sp.b = make([]byte, 0, n+decodeSlack+a)
 	}
-	buf := sp.b[:a+n+decodeSlack]
-	ad := buf[:a:a]
-	*(*[len(adLabel)]byte)(ad) = adLabelBlock
-	// The header is decoded before the binding is written after it: the
-	// decoder may write up to decodeSlack bytes past it.
-	if m, err := b64.Decode(buf[len(adLabel):a+n], body[:hdrChars]); err != nil || m != HeaderSize {
+	buf := sp.b[:n+decodeSlack+a]
+	m, err := b64.Decode(buf[:n+decodeSlack], body)
+	// The decoder skips CR and LF; a body holding any decodes to fewer
+	// bytes than its length implies. Refusing it keeps the form canonical.
+	if err != nil || b64.EncodedLen(m) != len(body) || m < Overhead || buf[0] != Version1 || buf[1] != AlgAES256GCM {
+		putScratch(sp)
 		return nil, malformed(body)
 	}
-	hdr := ad[len(adLabel):adHeadSize]
-	putBinding(ad[adHeadSize:], b)
-	rest, err := decodeBody(buf[a:], body[hdrChars:])
-	if err != nil || len(rest) < Overhead-HeaderSize || hdr[0] != Version1 || hdr[1] != AlgAES256GCM {
-		return nil, malformed(body)
-	}
-	id := KeyID(hdr[2:])
+	bin := buf[:m]
+	id := KeyID(bin[2:HeaderSize])
 	if k == nil {
 		if k, err = key(id); err != nil {
+			putScratch(sp)
 			return nil, err
 		}
 	}
 	if err := b.valid(); err != nil {
+		putScratch(sp)
 		return nil, err
 	}
 	if k.id != id {
+		putScratch(sp)
 		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, id, k.id)
 	}
+	// The header is version 1, AES-GCM and k's id: k's own.
+	ad := k.putAD(buf[n+decodeSlack:], b)
 	var dst []byte
-	if ptLen := len(rest) - NonceSize - TagSize; ptLen > 0 {
+	if ptLen := m - Overhead; ptLen > 0 {
 		dst = make([]byte, 0, ptLen)
 	}
-	pt, err := k.aead.Open(dst, nil, rest, ad)
+	pt, err := k.aead.Open(dst, nil, bin[HeaderSize:], ad)
+	putScratch(sp)
 	if err != nil {
 		return nil, fmt.Errorf("%w: field %q", ErrTampered, b.Path)
 	}
