@@ -404,6 +404,10 @@ func (c *Crypter) runFlat(ctx context.Context, v any, rec unsafe.Pointer, p *pla
 	// Every sealed field of a flat plan is exported (the plan refuses
 	// unexported ones), so assigning through its address is what
 	// reflect's SetString and SetBytes would do.
+	if len(p.flat) == 1 {
+		// One field: nothing to hold back until the others are done.
+		return w.flatOne(rec, &p.flat[0])
+	}
 	var outS [maxFlat]string
 	var outB [maxFlat][]byte
 	var set [maxFlat]bool
@@ -435,6 +439,32 @@ func (c *Crypter) runFlat(ctx context.Context, v any, rec unsafe.Pointer, p *pla
 		}
 	}
 	return changed, nil
+}
+
+// flatOne computes the new value of the sealed field f of the flat record
+// at rec, and stores it there.
+func (w *walker) flatOne(rec unsafe.Pointer, f *flatField) (bool, error) {
+	ptr := unsafe.Add(rec, f.off)
+	if f.node.kind == kString {
+		s := *(*string)(ptr)
+		if s == "" {
+			return false, nil
+		}
+		out, ok, err := w.flatString(s, f.node)
+		if ok {
+			*(*string)(ptr) = out
+		}
+		return ok, err
+	}
+	b := *(*[]byte)(ptr)
+	if len(b) == 0 {
+		return false, nil
+	}
+	out, ok, err := w.flatBytes(b, f.node)
+	if ok {
+		*(*[]byte)(ptr) = out
+	}
+	return ok, err
 }
 
 // flatString is sealedValue for a direct string field s at n of a flat
