@@ -60,32 +60,46 @@ func validDet(b Binding) error {
 // Seal returns the binary envelope of plaintext bound to b, whose Subject
 // must be empty.
 func (k *DetKey) Seal(plaintext []byte, b Binding) ([]byte, error) {
-	if len(plaintext) > MaxPlaintext {
-		return nil, fmt.Errorf("%w: plaintext longer than %d bytes", ErrFormat, MaxPlaintext)
-	}
-	if err := validDet(b); err != nil {
-		return nil, err
-	}
-	hdr := k.header()
-	ad := appendAD(make([]byte, 0, adLen(&b)), hdr[:], &b)
-	ct, err := k.siv.EncryptDeterministically(plaintext, ad)
+	hdr, ct, err := k.seal(plaintext, &b)
 	if err != nil {
 		return nil, err
 	}
-	bin := make([]byte, 0, HeaderSize+len(ct))
-	bin = append(bin, hdr[:]...)
-	return append(bin, ct...), nil
+	return append(append(make([]byte, 0, HeaderSize+len(ct)), hdr[:]...), ct...), nil
 }
 
+// seal seals plaintext bound to b, with the associated data in scratch,
+// and returns the header and the synthetic IV and ciphertext.
+func (k *DetKey) seal(plaintext []byte, b *Binding) (hdr [HeaderSize]byte, ct []byte, err error) {
+	if len(plaintext) > MaxPlaintext {
+		return hdr, nil, fmt.Errorf("%w: plaintext longer than %d bytes", ErrFormat, MaxPlaintext)
+	}
+	if err := validDet(*b); err != nil {
+		return hdr, nil, err
+	}
+	hdr = k.header()
+	sp := getScratch()
+	defer putScratch(sp)
+	if cap(sp.b) < adLen(b) {
+		sp.b = make([]byte, 0, adLen(b))
+	}
+	ct, err = k.siv.EncryptDeterministically(plaintext, appendAD(sp.b[:0], hdr[:], b))
+	return hdr, ct, err
+}
+
+// sealText returns the text envelope of plaintext bound to b. The header
+// is 18 bytes, a whole number of base64 quanta, so it and the ciphertext
+// are encoded in place, without joining them first.
 func (k *DetKey) sealText(plaintext []byte, b Binding) ([]byte, error) {
-	bin, err := k.Seal(plaintext, b)
+	hdr, ct, err := k.seal(plaintext, &b)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, len(Prefix)+b64.EncodedLen(len(bin)))
-	copy(out, Prefix)
-	b64.Encode(out[len(Prefix):], bin)
-	return out, nil
+	const hdrChars = HeaderSize / 3 * 4
+	text := make([]byte, len(Prefix)+hdrChars+b64.EncodedLen(len(ct)))
+	copy(text, Prefix)
+	b64.Encode(text[len(Prefix):], hdr[:])
+	b64.Encode(text[len(Prefix)+hdrChars:], ct)
+	return text, nil
 }
 
 // SealString returns the text envelope of the string s bound to b.
@@ -107,11 +121,19 @@ func (k *DetKey) SealBytes(p []byte, b Binding) ([]byte, error) {
 // (ErrFormat), algorithm and key id (ErrUnknownKey), authentication
 // (ErrTampered).
 func (k *DetKey) Open(bin []byte, b Binding) ([]byte, error) {
+	sp := getScratch()
+	defer putScratch(sp)
+	return k.open(sp, bin, &b)
+}
+
+// open is Open with the associated data built in sp. The plaintext is a
+// fresh slice of its own.
+func (k *DetKey) open(sp *scratchBuf, bin []byte, b *Binding) ([]byte, error) {
 	e, err := Parse(bin)
 	if err != nil {
 		return nil, err
 	}
-	if err := validDet(b); err != nil {
+	if err := validDet(*b); err != nil {
 		return nil, err
 	}
 	if e.Algorithm != AlgAES256SIV {
@@ -120,42 +142,51 @@ func (k *DetKey) Open(bin []byte, b Binding) ([]byte, error) {
 	if e.KeyID != k.id {
 		return nil, fmt.Errorf("%w: envelope is sealed under key %s, not %s", ErrUnknownKey, e.KeyID, k.id)
 	}
-	ad := appendAD(make([]byte, 0, adLen(&b)), bin[:HeaderSize], &b)
-	pt, err := k.siv.DecryptDeterministically(e.Ciphertext, ad)
+	if cap(sp.b) < adLen(b) {
+		sp.b = make([]byte, 0, adLen(b))
+	}
+	pt, err := k.siv.DecryptDeterministically(e.Ciphertext, appendAD(sp.b[:0], bin[:HeaderSize], b))
 	if err != nil {
 		return nil, fmt.Errorf("%w: field %q", ErrTampered, b.Path)
 	}
 	return pt, nil
 }
 
-func openDetText[T ~string | ~[]byte](k *DetKey, s T, b Binding) ([]byte, error) {
+// openDetText decodes and opens the text envelope s under k. The binary
+// envelope goes to scratch after the associated data; the plaintext is
+// Tink's fresh slice, nothing else's.
+func openDetText[T ~string | ~[]byte](k *DetKey, s T, b *Binding) ([]byte, error) {
 	if err := checkTextLen(len(s)); err != nil {
 		return nil, err
 	}
 	if !IsText(s) {
 		return nil, fmt.Errorf("%w: missing %q prefix", ErrFormat, Prefix)
 	}
-	bin, err := decodeText(make([]byte, b64.DecodedLen(len(s)-len(Prefix))), s)
+	sp := getScratch()
+	defer putScratch(sp)
+	a, n := adLen(b), b64.DecodedLen(len(s)-len(Prefix))
+	if cap(sp.b) < a+n+decodeSlack {
+		sp.b = make([]byte, 0, a+n+decodeSlack)
+	}
+	bin, err := decodeText(sp.b[a:a+n+decodeSlack], s)
 	if err != nil {
 		return nil, err
 	}
-	return k.Open(bin, b)
+	return k.open(&scratchBuf{b: sp.b[:0:a]}, bin, b)
 }
 
 // OpenString authenticates and decrypts the text envelope s bound to b and
 // returns the plaintext as a string.
 func (k *DetKey) OpenString(s string, b Binding) (string, error) {
-	pt, err := openDetText(k, s, b)
+	pt, err := openDetText(k, s, &b)
 	if err != nil {
 		return "", err
 	}
-	out := string(pt)
-	clear(pt)
-	return out, nil
+	return unsafe.String(unsafe.SliceData(pt), len(pt)), nil // pt is no one else's
 }
 
 // OpenBytes authenticates and decrypts the text envelope s bound to b and
 // returns the plaintext in a new slice.
 func (k *DetKey) OpenBytes(s []byte, b Binding) ([]byte, error) {
-	return openDetText(k, s, b)
+	return openDetText(k, s, &b)
 }

@@ -156,9 +156,6 @@ const adLabel = "zonekey/field/v1"
 // label and the header.
 const adHeadSize = len(adLabel) + HeaderSize
 
-// adLabelBlock is adLabel as an array, to be copied as one block.
-var adLabelBlock = [len(adLabel)]byte([]byte(adLabel))
-
 // appendAD appends the associated data of an envelope with header hdr and
 // binding b: a domain label, the header (version, algorithm, DEK id) and each
 // binding string with a 16-bit length prefix.
