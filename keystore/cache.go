@@ -331,20 +331,48 @@ func (c *lru) removeWhere(drop func(*DEK) bool) int {
 // for the zone while that holds; otherwise, and whenever the live versions
 // are not cached, SharedAuxKeys is AuxKeys, checks and audit included.
 func (k *Keyring) SharedAuxKeys(ctx context.Context, zone string, purpose AuxPurpose, name string) ([]*AuxKey, error) {
-	if k.closed.Load() {
-		return nil, ErrClosed
-	}
-	now := k.now()
-	if k.policy == nil || k.cache.decisions.lookup(zone, now) != nil {
-		// Live versions are only ever cached for a configured zone and a
-		// valid purpose and name.
-		if l := k.aux.liveSet(auxName{zone, purpose, name}); l != nil && now.Before(l.expires) {
-			return l.keys, nil
-		}
+	if l := k.cachedLive(zone, purpose, name); l != nil {
+		return l.keys, nil
 	}
 	keys, err := k.AuxKeys(ctx, zone, purpose, name)
-	if err == nil && k.policy != nil && k.cache.decisions.lookup(zone, now) == nil {
+	k.learnAfter(ctx, zone, err)
+	return keys, err
+}
+
+// CurrentAuxKey is AuxKey for the current version (version 0), with the
+// policy consulted as SharedAuxKeys does: the hit path of Encrypt for
+// blind-index and deterministic fields.
+func (k *Keyring) CurrentAuxKey(ctx context.Context, zone string, purpose AuxPurpose, name string) (*AuxKey, error) {
+	if l := k.cachedLive(zone, purpose, name); l != nil {
+		return l.keys[0], nil
+	}
+	a, err := k.AuxKey(ctx, zone, purpose, name, 0)
+	k.learnAfter(ctx, zone, err)
+	return a, err
+}
+
+// cachedLive returns the cached, unexpired live versions of the key
+// (zone, purpose, name) once the policy's cached decision allows the
+// zone, or nil. Live versions are only ever cached for a configured zone
+// and a valid purpose and name, and are never empty.
+func (k *Keyring) cachedLive(zone string, purpose AuxPurpose, name string) *auxLive {
+	if k.closed.Load() {
+		return nil
+	}
+	now := k.now()
+	if k.policy != nil && k.cache.decisions.lookup(zone, now) == nil {
+		return nil
+	}
+	if l := k.aux.liveSet(auxName{zone, purpose, name}); l != nil && now.Before(l.expires) {
+		return l
+	}
+	return nil
+}
+
+// learnAfter remembers the policy's lasting decision for zone after a call
+// that the policy allowed (err is nil) without it being remembered.
+func (k *Keyring) learnAfter(ctx context.Context, zone string, err error) {
+	if err == nil && k.policy != nil && k.cache.decisions.lookup(zone, k.now()) == nil {
 		k.learnDecision(ctx, zone)
 	}
-	return keys, err
 }

@@ -443,8 +443,9 @@ func BenchmarkCacheHits(b *testing.B) {
 	})
 }
 
-// SharedAuxKeys returns what AuxKeys returns, without a copy, and follows
-// rotations and custody as AuxKeys does.
+// SharedAuxKeys returns what AuxKeys returns, without a copy, and
+// CurrentAuxKey what AuxKey returns for version 0; both follow rotations
+// and custody as those do.
 func TestSharedAuxKeys(t *testing.T) {
 	e := newCustodyEnv(t)
 	k := e.keyring(t)
@@ -456,17 +457,29 @@ func TestSharedAuxKeys(t *testing.T) {
 	require.Equal(t, copied, shared)
 	require.Len(t, shared, 1)
 
+	cur, err := k.CurrentAuxKey(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	require.Same(t, shared[0], cur)
+
 	_, err = k.RotateAuxKey(ctx, "eu", keystore.AuxIndex, "EmailIdx")
 	require.NoError(t, err)
 	shared, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
 	require.NoError(t, err)
 	require.Len(t, shared, 2, "a rotation in this process is seen at once")
 	require.Equal(t, uint32(2), shared[0].Version)
+	cur, err = k.CurrentAuxKey(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	require.Equal(t, uint32(2), cur.Version)
+	det, err := k.CurrentAuxKey(ctx, "eu", keystore.AuxDeterministic, "TaxID") // created
+	require.NoError(t, err)
+	require.NotNil(t, det.Det())
 
 	// An out-of-zone caller is refused, and the refusal audited, cached
 	// versions or not.
 	e.as("asia-east1")
 	_, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
+	_, err = k.CurrentAuxKey(ctx, "eu", keystore.AuxDeterministic, "TaxID")
 	require.ErrorIs(t, err, keystore.ErrOutsideCustody)
 	require.NotEmpty(t, e.audit.of(audit.Access, audit.Deny))
 	e.as("europe-west1")
