@@ -518,14 +518,17 @@ func (w *walker) flatBytes(s []byte, n *node) ([]byte, bool, error) {
 
 // release resets w and returns it to the pool.
 func (w *walker) release() {
-	writes, targets, aux := w.writes, w.targets, w.aux
-	clear(writes)
-	clear(targets)
-	clear(aux)
+	clear(w.writes)
+	clear(w.targets)
+	clear(w.aux)
+	writes, targets, aux := w.writes[:0], w.targets[:0], w.aux[:0]
 	if cap(writes) > maxPooledWrites {
 		writes, targets = nil, nil
 	}
-	*w = walker{writes: writes[:0], targets: targets[:0], aux: aux[:0]}
+	// Zeroed in place, then refilled: a composite literal of this size
+	// is built aside and copied.
+	*w = walker{}
+	w.writes, w.targets, w.aux = writes, targets, aux
 	walkers.Put(w)
 }
 

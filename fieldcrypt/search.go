@@ -137,10 +137,12 @@ func (c *Crypter) IndexTerms(ctx context.Context, zone string, record any, index
 	return indexTerms(keys, n.index, value), nil
 }
 
-// sharedAuxKeyring is a SearchKeyring that hands out its cached list of
-// live key versions to read, without a copy; *keystore.Keyring is one.
+// sharedAuxKeyring is a SearchKeyring with cheaper hits: it hands out its
+// cached list of live key versions to read, without a copy, and the
+// current version; *keystore.Keyring is one.
 type sharedAuxKeyring interface {
 	SharedAuxKeys(ctx context.Context, zone string, purpose keystore.AuxPurpose, name string) ([]*keystore.AuxKey, error)
+	CurrentAuxKey(ctx context.Context, zone string, purpose keystore.AuxPurpose, name string) (*keystore.AuxKey, error)
 }
 
 // maxTerm bounds the length of a term: a 32-bit version in decimal, ":",
@@ -306,7 +308,13 @@ func (w *walker) auxKey(purpose keystore.AuxPurpose, name string) (*keystore.Aux
 			return a, nil
 		}
 	}
-	a, err := w.c.search.AuxKey(w.ctx, w.zone, purpose, name, 0)
+	var a *keystore.AuxKey
+	var err error
+	if sk, ok := w.c.search.(sharedAuxKeyring); ok {
+		a, err = sk.CurrentAuxKey(w.ctx, w.zone, purpose, name)
+	} else {
+		a, err = w.c.search.AuxKey(w.ctx, w.zone, purpose, name, 0)
+	}
 	if err != nil {
 		return nil, err
 	}
