@@ -159,11 +159,17 @@ func Open(ctx context.Context, dir string, dekCacheSize int) (*zonekey.Client, e
 // escape to the heap (Encrypt takes an interface) and count the
 // benchmark's own allocation against zonekey, and copying the whole record
 // would add the write barriers of its other fields.
+//
+// A Reported case is measured and printed like the others but is not held
+// to the budget: deterministic encryption, whose floor is tink-go's AES-SIV
+// and already allocates eight times per value (the search issue holds the
+// blind-index term to the budget, not it).
 type Case struct {
-	Name   string
-	Fields int
-	Run    func(b *testing.B)
-	Floor  func(b *testing.B)
+	Name     string
+	Fields   int
+	Run      func(b *testing.B)
+	Floor    func(b *testing.B)
+	Reported bool
 }
 
 // Hot-path case names, in the order HotPath returns them.
@@ -185,10 +191,10 @@ const FieldSize = 64
 // (and the index and deterministic keys of their zone) cached: one field of
 // fieldSize bytes encrypted and decrypted, a Record encrypted and
 // decrypted, the blind-index term of a fieldSize-byte value, and a
-// fieldSize-byte value encrypted deterministically. The struct cases' floor
-// is the field floor over the same five values (RecordFields), one after
-// the other; the index-term case's is HMACFloor, the det-encrypt case's
-// SIVFloor.
+// fieldSize-byte value encrypted deterministically (Reported). The struct
+// cases' floor is the field floor over the same five values (RecordFields),
+// one after the other; the index-term case's is HMACFloor, the det-encrypt
+// case's SIVFloor.
 func HotPath(ctx context.Context, c *zonekey.Client, fieldSize int) ([]Case, error) {
 	fe, fd, err := FieldCases(ctx, c, fieldSize)
 	if err != nil {
@@ -206,6 +212,7 @@ func HotPath(ctx context.Context, c *zonekey.Client, fieldSize int) ([]Case, err
 	if err != nil {
 		return nil, err
 	}
+	de.Reported = true
 	return []Case{fe, fd, se, sd, it, de}, nil
 }
 

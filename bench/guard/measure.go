@@ -11,30 +11,41 @@ import (
 
 // pair is a hot-path case and its floor, as benchmark functions.
 type pair struct {
-	name   string
-	fields int
-	run    func(b *testing.B)
-	floor  func(b *testing.B)
+	name     string
+	fields   int
+	reported bool
+	run      func(b *testing.B)
+	floor    func(b *testing.B)
 }
 
 // settings says how to measure.
 type settings struct {
 	rounds    int
-	benchtime time.Duration // per run of a case or a floor
+	benchtime time.Duration // per round, for each of a case and its floor
+	slices    int           // the case and its floor alternate this many times a round
 	procs     int           // GOMAXPROCS while measuring; 0 leaves it
 	progress  io.Writer     // one line per round, or nil
 }
 
-// sample is one testing.Benchmark run reduced to per-op figures.
+// sample is benchmark runs added up: the time, iterations and allocations.
 type sample struct {
-	ns, allocs float64
+	ns, n, allocs float64
 }
 
-// measure runs every pair for s.rounds rounds. In each round each case runs
-// right next to its own floor, the two in alternating order from round to
-// round, so that a slow spell of the machine, or a drift over the run, hits
-// both sides of a ratio alike. Every function runs once first, untimed, to
-// warm caches, pools and the CPU's frequency.
+func (s *sample) add(t sample) { s.ns, s.n, s.allocs = s.ns+t.ns, s.n+t.n, s.allocs+t.allocs }
+
+func (s sample) nsPerOp() float64     { return s.ns / s.n }
+func (s sample) allocsPerOp() float64 { return s.allocs / s.n }
+
+// measure runs every pair for s.rounds rounds. In a round, a case and its
+// floor run in turn s.slices times each, for benchtime/slices a turn, and
+// the round compares their totals: a slow spell of the shared machine that
+// lasts longer than a turn hits both sides alike, and one that lasts
+// shorter is averaged out. Which side starts alternates from turn to turn.
+// Every function first runs untimed, to warm caches, pools and the CPU's
+// frequency, and to find how many iterations make a turn; the turns then
+// run that many, so that a turn is one run, not testing's search for a
+// count.
 func measure(pairs []pair, s settings) ([]Measurement, error) {
 	restore, err := setBenchtime(s.benchtime)
 	if err != nil {
@@ -44,45 +55,61 @@ func measure(pairs []pair, s settings) ([]Measurement, error) {
 	if s.procs > 0 {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(s.procs))
 	}
+	slices := max(s.slices, 1)
+	turn := max(s.benchtime/time.Duration(slices), time.Millisecond)
 
-	warm, err := setBenchtime(max(s.benchtime/4, time.Millisecond))
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range pairs {
-		if _, err := run(p.name, p.run); err != nil {
-			return nil, err
+	// Warm up, and size the turns.
+	type counts struct{ run, floor int }
+	ns := make([]counts, len(pairs))
+	for i, p := range pairs {
+		for _, side := range []struct {
+			f func(*testing.B)
+			n *int
+		}{{p.run, &ns[i].run}, {p.floor, &ns[i].floor}} {
+			if err := setBenchtimeTo(turn.String()); err != nil {
+				return nil, err
+			}
+			t, err := run(p.name, side.f)
+			if err != nil {
+				return nil, err
+			}
+			*side.n = max(int(float64(turn)/t.nsPerOp()), 1)
 		}
-		if _, err := run(p.name+" floor", p.floor); err != nil {
-			return nil, err
-		}
 	}
-	warm()
 
 	ms := make([]Measurement, len(pairs))
 	for i, p := range pairs {
-		ms[i] = Measurement{Case: p.name, Fields: p.fields}
+		ms[i] = Measurement{Case: p.name, Fields: p.fields, Reported: p.reported}
 	}
 	for round := range s.rounds {
 		for i, p := range pairs {
 			var c, f sample
-			var err error
-			if round%2 == 0 {
-				if c, err = run(p.name, p.run); err == nil {
-					f, err = run(p.name+" floor", p.floor)
+			for k := range slices {
+				first, second := &c, &f
+				ff, sf := p.run, p.floor
+				fn, sn := ns[i].run, ns[i].floor
+				if (round+k)%2 == 1 {
+					first, second, ff, sf, fn, sn = second, first, sf, ff, sn, fn
 				}
-			} else {
-				if f, err = run(p.name+" floor", p.floor); err == nil {
-					c, err = run(p.name, p.run)
+				for _, side := range []struct {
+					into *sample
+					f    func(*testing.B)
+					n    int
+				}{{first, ff, fn}, {second, sf, sn}} {
+					if err := setBenchtimeTo(fmt.Sprintf("%dx", side.n)); err != nil {
+						return nil, err
+					}
+					t, err := run(p.name, side.f)
+					if err != nil {
+						return nil, err
+					}
+					side.into.add(t)
 				}
 			}
-			if err != nil {
-				return nil, err
-			}
-			ms[i].Rounds = append(ms[i].Rounds, Round{NsPerOp: c.ns, FloorNsPerOp: f.ns, AllocsPerOp: c.allocs, FloorAllocsPerOp: f.allocs})
+			ms[i].Rounds = append(ms[i].Rounds, Round{NsPerOp: c.nsPerOp(), FloorNsPerOp: f.nsPerOp(), AllocsPerOp: c.allocsPerOp(), FloorAllocsPerOp: f.allocsPerOp()})
 			if s.progress != nil {
 				fmt.Fprintf(s.progress, "round %d/%d %-16s %9.1f ns/op  floor %9.1f ns/op  ratio %.3f\n",
-					round+1, s.rounds, p.name, c.ns, f.ns, c.ns/f.ns)
+					round+1, s.rounds, p.name, c.nsPerOp(), f.nsPerOp(), c.nsPerOp()/f.nsPerOp())
 			}
 		}
 	}
@@ -97,10 +124,7 @@ func run(name string, f func(b *testing.B)) (sample, error) {
 	if r.N <= 0 || r.T <= 0 {
 		return sample{}, fmt.Errorf("guard: benchmark %s failed (run the benchmarks in ./bench to see why)", name)
 	}
-	return sample{
-		ns:     float64(r.T.Nanoseconds()) / float64(r.N),
-		allocs: float64(r.MemAllocs) / float64(r.N),
-	}, nil
+	return sample{ns: float64(r.T.Nanoseconds()), n: float64(r.N), allocs: float64(r.MemAllocs)}, nil
 }
 
 // setBenchtime sets how long testing.Benchmark runs a function, and returns
@@ -116,4 +140,14 @@ func setBenchtime(d time.Duration) (restore func(), err error) {
 		return nil, err
 	}
 	return func() { f.Value.Set(old) }, nil
+}
+
+// setBenchtimeTo sets the registered test.benchtime flag to v: a duration,
+// or a count of iterations such as "1000x".
+func setBenchtimeTo(v string) error {
+	f := flag.Lookup("test.benchtime")
+	if f == nil {
+		return fmt.Errorf("guard: testing flags are not registered (call testing.Init)")
+	}
+	return f.Value.Set(v)
 }
