@@ -307,7 +307,8 @@ func (k *Key) sealInto(sp *scratchBuf, plaintext []byte, b *Binding) ([]byte, er
 		sp.b = make([]byte, 0, need)
 	}
 	ad := k.putAD(sp.b, b)
-	bin := append(ad[a:a], k.head[len(adLabel):]...)
+	bin := ad[a : a+HeaderSize]
+	*(*[HeaderSize]byte)(bin) = [HeaderSize]byte(k.head[len(adLabel):])
 	// The AEAD writes nonce || ciphertext || tag after the header.
 	return k.aead.Seal(bin, nil, plaintext, ad), nil
 }

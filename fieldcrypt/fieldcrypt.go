@@ -246,13 +246,15 @@ type walker struct {
 	typ     reflect.Type
 	zone    string
 	subject string
-	dek     *keystore.DEK      // encrypt: the record's DEK; decrypt: the last one used
-	aux     []*keystore.AuxKey // current index and deterministic keys used by this call
-	looked  bool               // openKey was called by the last openOnce
-	writes  []write
-	targets []target // alias check scratch
-	depth   int
-	seen    map[seenKey]struct{} // beyond cycleCheckDepth: pointers on the way
+	dek     *keystore.DEK // encrypt: the record's DEK; decrypt: the last one used
+	// dekChecked says that keyFor found dek to be the record subject's.
+	dekChecked bool
+	aux        []*keystore.AuxKey // current index and deterministic keys used by this call
+	looked     bool               // openKey was called by the last openOnce
+	writes     []write
+	targets    []target // alias check scratch
+	depth      int
+	seen       map[seenKey]struct{} // beyond cycleCheckDepth: pointers on the way
 }
 
 type seenKey struct {
@@ -843,17 +845,21 @@ func plaintext[T string | []byte](w *walker, s T, n *node, mapKey string) error 
 // record subject's. When that check fails it returns the DEK with the error.
 func (w *walker) keyFor(id envelope.KeyID) (*keystore.DEK, error) {
 	dek := w.dek
+	if dek != nil && w.dekChecked && dek.ID() == id {
+		return dek, nil // the record's, already checked
+	}
 	if dek == nil || dek.ID() != id {
 		var err error
 		dek, err = w.c.keys.Key(w.ctx, id)
 		if err != nil {
 			return nil, err
 		}
-		w.dek = dek
+		w.dek, w.dekChecked = dek, false
 	}
 	if dek.Subject != w.subject {
 		return dek, fmt.Errorf("%w: the ciphertext was sealed for another subject", ErrTampered)
 	}
+	w.dekChecked = true
 	return dek, nil
 }
 
