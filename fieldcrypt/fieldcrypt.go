@@ -1018,6 +1018,9 @@ func openOnce[T string | []byte](w *walker, s T, n *node, mapKey string) (out T,
 // barrier while the garbage collector marks.
 func (w *walker) openKey(id envelope.KeyID) (*envelope.Key, error) {
 	w.looked = true
+	if dek := w.dek; dek != nil && w.dekChecked && dek.ID() == id {
+		return dek.Key, nil // keyFor's first case, without the call
+	}
 	dek, err := w.keyFor(id)
 	if err != nil {
 		return nil, err
