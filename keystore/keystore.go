@@ -296,8 +296,19 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 	if err != nil {
 		return nil, err
 	}
-	// Two tries: a create that loses a race to another process or
-	// goroutine reads the winner's row on the second.
+	return k.currentDEK(ctx, zs, cust, zone, subject, func() (*DEK, error) {
+		if err := k.beforeCreate(ctx, zone, subject); err != nil {
+			return nil, err
+		}
+		return k.createDEK(ctx, zs, cust, zone, subject, 1)
+	})
+}
+
+// currentDEK returns the subject's latest stored DEK, unwrapped and cached
+// as its current one; if the subject has none, it calls create and caches
+// what that makes. A create that loses a race to another process or
+// goroutine (ErrExists) reads the winner's row instead.
+func (k *Keyring) currentDEK(ctx context.Context, zs *zoneState, cust kms.Custodian, zone, subject string, create func() (*DEK, error)) (*DEK, error) {
 	for attempt := 0; ; attempt++ {
 		row, err := k.store.LatestDEK(ctx, zone, subject)
 		if err == nil {
@@ -316,10 +327,7 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 		if !errors.Is(err, ErrUnknownKey) {
 			return nil, err
 		}
-		if err := k.beforeCreate(ctx, zone, subject); err != nil {
-			return nil, err
-		}
-		d, err := k.createDEK(ctx, zs, cust, zone, subject, 1)
+		d, err := create()
 		if errors.Is(err, ErrExists) && attempt == 0 {
 			continue
 		}

@@ -285,36 +285,13 @@ func (k *Keyring) Reinstate(ctx context.Context, zone, subject string) (*DEK, er
 	if err := k.zoneShredded(ctx, zone); err != nil {
 		return nil, err
 	}
-	for attempt := 0; ; attempt++ {
-		row, err := k.store.LatestDEK(ctx, zone, subject)
-		if err == nil {
-			if row.Zone != zone || row.Subject != subject {
-				return nil, fmt.Errorf("%w: store returned DEK %s of another zone or subject", ErrTampered, row.ID)
-			}
-			d, err := k.unwrapDEK(ctx, zs, cust, row)
-			if err != nil {
-				return nil, err
-			}
-			k.cache.add(d, true)
-			return d, nil
-		}
-		if !errors.Is(err, ErrUnknownKey) {
+	return k.currentDEK(ctx, zs, cust, zone, subject, func() (*DEK, error) {
+		t, err := k.tombstoneError(ctx, ls, zone, subject)
+		if !errors.Is(err, ErrKeyShredded) && !errors.Is(err, ErrSubjectMoved) {
 			return nil, err
 		}
-		t, terr := k.tombstoneError(ctx, ls, zone, subject)
-		if !errors.Is(terr, ErrKeyShredded) && !errors.Is(terr, ErrSubjectMoved) {
-			return nil, terr
-		}
-		d, err := k.createDEK(ctx, zs, cust, zone, subject, t.Generation+1)
-		if errors.Is(err, ErrExists) && attempt == 0 {
-			continue // reinstated by another process: read theirs
-		}
-		if err != nil {
-			return nil, err
-		}
-		k.cache.add(d, true)
-		return d, nil
-	}
+		return k.createDEK(ctx, zs, cust, zone, subject, t.Generation+1)
+	})
 }
 
 // ShredZone destroys the zone's KEK at its custodian, which must implement
