@@ -11,9 +11,10 @@ import (
 )
 
 var auditVerifyCmd = &command{
-	name:    "audit verify",
-	args:    "[--json] FILE",
-	summary: "check the hash chain of an audit file",
+	name:      "audit verify",
+	args:      "[--json] FILE",
+	takesArgs: true,
+	summary:   "check the hash chain of an audit file",
 	help: `
 Verify checks every line of the audit file FILE: its layout, its event's
 canonical encoding, its hash, its seq and its link to the line before.
@@ -29,7 +30,7 @@ With --json it prints one object on stdout instead:
 {"ok":…,"file":…,"events":…,"last_hash":…,"line":…,"reason":…}, where events
 and last_hash describe the valid lines, and line and reason the first bad one.`,
 	setup: func(fs *flag.FlagSet) func(*cmdContext, []string) int {
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
 			if len(args) != 1 {
 				return c.usageError("want one FILE, got %d arguments", len(args))
@@ -111,9 +112,10 @@ func printJSON(c *cmdContext, res verifyResult) int {
 }
 
 var auditRepairCmd = &command{
-	name:    "audit repair",
-	args:    "[--json] FILE",
-	summary: "remove a torn last line left by an interrupted write",
+	name:      "audit repair",
+	args:      "[--json] FILE",
+	takesArgs: true,
+	summary:   "remove a torn last line left by an interrupted write",
 	help: `
 Repair removes the torn last line of the audit file FILE: the bytes after its
 last newline, left when a write was interrupted by a crash or a full disk.
@@ -128,7 +130,7 @@ broken in any other way cannot be repaired: it must be investigated.
 With --json it prints the result of "audit verify", plus "removed" and
 "removed_bytes".`,
 	setup: func(fs *flag.FlagSet) func(*cmdContext, []string) int {
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
 			if len(args) != 1 {
 				return c.usageError("want one FILE, got %d arguments", len(args))

@@ -103,11 +103,8 @@ interruption "remaining" counts the subjects not tried.`,
 		all := fs.Bool("all", false, "shred the whole zone: destroy its KEK (needs --confirm)")
 		confirm := fs.String("confirm", "", "the zone's name again `Z`, to confirm --all")
 		config := configFlag(fs)
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
-			if len(args) > 0 {
-				return c.usageError("unexpected arguments %q", args)
-			}
 			set := setFlags(c.fs)
 			switch {
 			case *zone == "":
@@ -190,11 +187,8 @@ interruption "remaining" counts the subjects not tried.`,
 		from := fs.String("from", "", "the zone `A` the subject is in now (required; this process must be in it)")
 		to := fs.String("to", "", "the zone `B` to move it to (required; this process needs only to wrap there)")
 		config := configFlag(fs)
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
-			if len(args) > 0 {
-				return c.usageError("unexpected arguments %q", args)
-			}
 			set := setFlags(c.fs)
 			switch {
 			case *from == "" || *to == "":
@@ -268,11 +262,8 @@ and "error_kind" say why, and an epoch_running failure adds "held_by" and
 		settle := fs.Duration("settle", 0, "wait `D` for other processes to use the new zone key; at least their longest zone_key_ttl (default: the configuration's zone_key_ttl)")
 		noSettle := fs.Bool("no-settle", false, "do not wait: no other process writes to the zone")
 		config := configFlag(fs)
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
-			if len(args) > 0 {
-				return c.usageError("unexpected arguments %q", args)
-			}
 			set := setFlags(c.fs)
 			switch {
 			case *zone == "":

@@ -65,6 +65,9 @@ type command struct {
 	args    string // synopsis of its arguments, e.g. "[--json] FILE"
 	summary string // one line for the command list
 	help    string // paragraphs for "zonekey help <name>"
+	// takesArgs says the command has positional arguments; the
+	// dispatcher refuses them for the others.
+	takesArgs bool
 	// setup defines the command's flags on fs and returns the function
 	// that runs it with its positional arguments, once fs is parsed.
 	setup func(fs *flag.FlagSet) func(c *cmdContext, args []string) int
@@ -116,6 +119,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	pos, code, ok := c.parse(rest)
 	if !ok {
 		return code
+	}
+	if len(pos) > 0 && !cmd.takesArgs {
+		return c.usageError("unexpected arguments %q", pos)
 	}
 	return runCmd(c, pos)
 }

@@ -58,11 +58,8 @@ The result is printed as text, or as one JSON object with --json:
 		start := fs.Bool("start", false, "make a new version of the key")
 		retire := fs.Uint64("retire-through", 0, "retire the versions up to `V`")
 		config := configFlag(fs)
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
-			if len(args) > 0 {
-				return c.usageError("unexpected arguments %q", args)
-			}
 			set := setFlags(c.fs)
 			switch {
 			case *zone == "":

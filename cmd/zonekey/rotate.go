@@ -85,11 +85,8 @@ failure "ok" is false and "error" and "error_kind" say why.`,
 		retire := fs.Uint64("retire-below", 0, "retire the KEK versions below `N` instead of rotating")
 		rewrapOnly := fs.Bool("rewrap-only", false, "rewrap the zone-key rows to the primary KEK version, without rotating")
 		config := configFlag(fs)
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
-			if len(args) > 0 {
-				return c.usageError("unexpected arguments %q", args)
-			}
 			set := setFlags(c.fs)
 			switch {
 			case *zone == "":
@@ -129,6 +126,11 @@ failure "ok" is false and "error" and "error_kind" say why.`,
 // configFlag defines --config.
 func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", "", "the configuration `FILE` (JSON, as zonekey.LoadConfig reads it); default $"+configEnv)
+}
+
+// jsonFlag defines --json.
+func jsonFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("json", false, "print the result as a JSON object")
 }
 
 // configPath returns the configuration file: the flag's value, or else the
@@ -496,11 +498,8 @@ on failure "ok" is false and "error" and "error_kind" say why.`,
 	setup: func(fs *flag.FlagSet) func(*cmdContext, []string) int {
 		zone := fs.String("zone", "", "list only zone `Z`")
 		config := configFlag(fs)
-		asJSON := fs.Bool("json", false, "print the result as a JSON object")
+		asJSON := jsonFlag(fs)
 		return func(c *cmdContext, args []string) int {
-			if len(args) > 0 {
-				return c.usageError("unexpected arguments %q", args)
-			}
 			return keysList(c, *config, *zone, *asJSON)
 		}
 	},
