@@ -34,6 +34,9 @@ type Caller = kms.Caller
 // Policy decides whether the current caller may use the keys of a zone. The
 // keyring asks it on every DataKey and Key call, cache hits included, before
 // any store read or custodian call; it must be cheap in the steady state.
+// The one exception is RegionPolicy: on a cache hit the keyring reuses its
+// last allow for the zone while that decision's inputs hold, at most one
+// second (see RegionPolicy).
 type Policy interface {
 	// Authorize returns the verified caller if it may use keys of zone,
 	// or an error wrapping ErrOutsideCustody or ErrAttestation. The
@@ -53,6 +56,12 @@ type Attestor interface {
 
 // RegionPolicy allows a caller to use a zone's keys when its attested
 // region is one the zone lists.
+//
+// A keyring reuses a RegionPolicy's allow for a zone on cache hits while it
+// holds: with an *attest.Attestor until the Attestor's next refresh or the
+// evidence's expiry, without an Attestor while Regions is unchanged, and in
+// every case at most one second. Denials are never reused. Regions must not
+// be changed while a keyring uses the policy.
 type RegionPolicy struct {
 	// Regions lists, for each zone, the attested regions (such as
 	// "europe-west1") whose callers may use the zone's keys. A zone that

@@ -105,9 +105,10 @@ type Config struct {
 	// DEK (for records without a subject) by this process.
 	RollingMaxUses uint64
 	RollingMaxAge  time.Duration
-	// Policy decides which callers may use each zone's keys; it is asked
-	// on every DataKey and Key call, before any store read or custodian
-	// call. Nil means no custody check: only for tools and tests that run
+	// Policy decides which callers may use each zone's keys; it is
+	// consulted on every DataKey and Key call, before any store read or
+	// custodian call (a RegionPolicy's allow is reused on cache hits for
+	// at most a second; see Policy). Nil means no custody check: only for tools and tests that run
 	// with the custodian's own authority.
 	Policy Policy
 	// Audit receives an event for every key unwrap and creation and every
