@@ -232,36 +232,14 @@ func FieldCases(ctx context.Context, c *zonekey.Client, size int) (enc, dec Case
 	enc = Case{
 		Name:   CaseFieldEncrypt,
 		Fields: 1,
-		Run: func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(size))
-			r := new(OneField)
-			*r = plain
-			for b.Loop() {
-				r.Value = plain.Value
-				if err := c.Encrypt(ctx, r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		},
-		Floor: floor.BenchmarkSeal,
+		Run:    recordRun(ctx, c.Encrypt, int64(size), plain, func(r *OneField) { r.Value = plain.Value }),
+		Floor:  floor.BenchmarkSeal,
 	}
 	dec = Case{
 		Name:   CaseFieldDecrypt,
 		Fields: 1,
-		Run: func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(size))
-			r := new(OneField)
-			*r = sealed
-			for b.Loop() {
-				r.Value = sealed.Value
-				if err := c.Decrypt(ctx, r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		},
-		Floor: floor.BenchmarkOpen,
+		Run:    recordRun(ctx, c.Decrypt, int64(size), sealed, func(r *OneField) { r.Value = sealed.Value }),
+		Floor:  floor.BenchmarkOpen,
 	}
 	return enc, dec, nil
 }
@@ -283,36 +261,14 @@ func RecordCases(ctx context.Context, c *zonekey.Client) (enc, dec Case, err err
 	enc = Case{
 		Name:   CaseStructEncrypt,
 		Fields: len(RecordFields),
-		Run: func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(n)
-			r := new(Record)
-			*r = plain
-			for b.Loop() {
-				r.setSensitive(&plain)
-				if err := c.Encrypt(ctx, r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		},
-		Floor: floors.BenchmarkSeal,
+		Run:    recordRun(ctx, c.Encrypt, n, plain, func(r *Record) { r.setSensitive(&plain) }),
+		Floor:  floors.BenchmarkSeal,
 	}
 	dec = Case{
 		Name:   CaseStructDecrypt,
 		Fields: len(RecordFields),
-		Run: func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(n)
-			r := new(Record)
-			*r = sealed
-			for b.Loop() {
-				r.setSensitive(&sealed)
-				if err := c.Decrypt(ctx, r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		},
-		Floor: floors.BenchmarkOpen,
+		Run:    recordRun(ctx, c.Decrypt, n, sealed, func(r *Record) { r.setSensitive(&sealed) }),
+		Floor:  floors.BenchmarkOpen,
 	}
 	return enc, dec, nil
 }
@@ -372,36 +328,14 @@ func DetCases(ctx context.Context, c *zonekey.Client, size int) (enc, dec Case, 
 	enc = Case{
 		Name:   CaseDetEncrypt,
 		Fields: 1,
-		Run: func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(size))
-			r := new(Deterministic)
-			*r = plain
-			for b.Loop() {
-				r.Value = plain.Value
-				if err := c.Encrypt(ctx, r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		},
-		Floor: floor.BenchmarkSeal,
+		Run:    recordRun(ctx, c.Encrypt, int64(size), plain, func(r *Deterministic) { r.Value = plain.Value }),
+		Floor:  floor.BenchmarkSeal,
 	}
 	dec = Case{
 		Name:   "det-decrypt",
 		Fields: 1,
-		Run: func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(size))
-			r := new(Deterministic)
-			*r = sealed
-			for b.Loop() {
-				r.Value = sealed.Value
-				if err := c.Decrypt(ctx, r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		},
-		Floor: floor.BenchmarkOpen,
+		Run:    recordRun(ctx, c.Decrypt, int64(size), sealed, func(r *Deterministic) { r.Value = sealed.Value }),
+		Floor:  floor.BenchmarkOpen,
 	}
 	return enc, dec, nil
 }
@@ -424,18 +358,7 @@ func IndexedEncryptCase(ctx context.Context, c *zonekey.Client, size int) (Case,
 	return Case{
 		Name:   "field-encrypt-indexed",
 		Fields: 2,
-		Run: func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(size))
-			r := new(Indexed)
-			*r = plain
-			for b.Loop() {
-				r.Value, r.ValueIdx = plain.Value, ""
-				if err := c.Encrypt(ctx, r); err != nil {
-					b.Fatal(err)
-				}
-			}
-		},
+		Run:    recordRun(ctx, c.Encrypt, int64(size), plain, func(r *Indexed) { r.Value, r.ValueIdx = plain.Value, "" }),
 		Floor: func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
@@ -445,4 +368,22 @@ func IndexedEncryptCase(ctx context.Context, c *zonekey.Client, size int) (Case,
 			}
 		},
 	}, nil
+}
+
+// recordRun is the Run of a case that applies op (Client.Encrypt or
+// Decrypt) to a record of type T made from src, resetting its sealed
+// fields with reset before each call.
+func recordRun[T any](ctx context.Context, op func(context.Context, any, ...zonekey.CallOption) error, bytes int64, src T, reset func(r *T)) func(*testing.B) {
+	return func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(bytes)
+		r := new(T)
+		*r = src
+		for b.Loop() {
+			reset(r)
+			if err := op(ctx, r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 }
