@@ -83,29 +83,34 @@ func closeShared() {
 
 func sizeName(n int) string { return fmt.Sprintf("size=%d", n) }
 
-// BenchmarkFieldEncrypt encrypts a OneField record (one string field) with
-// zonekey.Client, its DEK cached: the hot path.
-func BenchmarkFieldEncrypt(b *testing.B) {
+// runSizes runs, as a sub-benchmark per size, the case that mk makes on the
+// shared hot client.
+func runSizes(b *testing.B, sizes []int, mk func(c *zonekey.Client, n int) (bench.Case, error)) {
 	c := hotClient(b)
-	for _, n := range fieldSizes {
-		enc, _, err := bench.FieldCases(context.Background(), c, n)
+	for _, n := range sizes {
+		cs, err := mk(c, n)
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Run(sizeName(n), enc.Run)
+		b.Run(sizeName(n), cs.Run)
 	}
+}
+
+// BenchmarkFieldEncrypt encrypts a OneField record (one string field) with
+// zonekey.Client, its DEK cached: the hot path.
+func BenchmarkFieldEncrypt(b *testing.B) {
+	runSizes(b, fieldSizes, func(c *zonekey.Client, n int) (bench.Case, error) {
+		enc, _, err := bench.FieldCases(context.Background(), c, n)
+		return enc, err
+	})
 }
 
 // BenchmarkFieldDecrypt decrypts a OneField record with its DEK cached.
 func BenchmarkFieldDecrypt(b *testing.B) {
-	c := hotClient(b)
-	for _, n := range fieldSizes {
+	runSizes(b, fieldSizes, func(c *zonekey.Client, n int) (bench.Case, error) {
 		_, dec, err := bench.FieldCases(context.Background(), c, n)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Run(sizeName(n), dec.Run)
-	}
+		return dec, err
+	})
 }
 
 // BenchmarkStructEncrypt encrypts a Record (five sensitive fields of 16 to
@@ -347,14 +352,9 @@ func BenchmarkFieldEncryptParallel(b *testing.B) {
 // Client.IndexTerms (Indexed's 16-bit index, one live key version, cached):
 // the query side of a blind-index lookup.
 func BenchmarkIndexTerm(b *testing.B) {
-	c := hotClient(b)
-	for _, n := range searchSizes {
-		it, err := bench.IndexTermCase(context.Background(), c, n)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Run(sizeName(n), it.Run)
-	}
+	runSizes(b, searchSizes, func(c *zonekey.Client, n int) (bench.Case, error) {
+		return bench.IndexTermCase(context.Background(), c, n)
+	})
 }
 
 // BenchmarkFloorHMAC is the floor of BenchmarkIndexTerm: one reused
@@ -396,27 +396,19 @@ func BenchmarkFloorSealHMAC(b *testing.B) {
 // BenchmarkFieldEncryptDeterministic encrypts a Deterministic record (one
 // AES-SIV field) with its key cached.
 func BenchmarkFieldEncryptDeterministic(b *testing.B) {
-	c := hotClient(b)
-	for _, n := range searchSizes {
+	runSizes(b, searchSizes, func(c *zonekey.Client, n int) (bench.Case, error) {
 		enc, _, err := bench.DetCases(context.Background(), c, n)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Run(sizeName(n), enc.Run)
-	}
+		return enc, err
+	})
 }
 
 // BenchmarkFieldDecryptDeterministic decrypts a Deterministic record with
 // its key cached.
 func BenchmarkFieldDecryptDeterministic(b *testing.B) {
-	c := hotClient(b)
-	for _, n := range searchSizes {
+	runSizes(b, searchSizes, func(c *zonekey.Client, n int) (bench.Case, error) {
 		_, dec, err := bench.DetCases(context.Background(), c, n)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Run(sizeName(n), dec.Run)
-	}
+		return dec, err
+	})
 }
 
 // BenchmarkFloorSIV is the floor of the deterministic benchmarks: tink-go's
