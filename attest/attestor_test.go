@@ -37,13 +37,8 @@ func (s *countingSource) set(token string, err error) {
 
 func TestAttestorCaches(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock()
-	dev := newDev(t, testIssuer, clk)
-	v := newVerifier(t, clk, dev.IssuerConfig(testAudience))
-	tok, err := dev.Token(testAudience, "europe-west1", "w", 10*time.Minute)
-	require.NoError(t, err)
-	src := &countingSource{token: tok}
-	a := NewAttestor(src, v)
+	e := newAttestorEnv(t, 10*time.Minute)
+	a, clk, src, tok := e.a, e.clk, e.src, e.tok
 
 	var wg sync.WaitGroup
 	for range 8 {
@@ -73,13 +68,8 @@ func TestAttestorCaches(t *testing.T) {
 
 func TestAttestorPicksUpNewToken(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock()
-	dev := newDev(t, testIssuer, clk)
-	v := newVerifier(t, clk, dev.IssuerConfig(testAudience))
-	tok1, err := dev.Token(testAudience, "europe-west1", "w", 10*time.Minute)
-	require.NoError(t, err)
-	src := &countingSource{token: tok1}
-	a := NewAttestor(src, v)
+	e := newAttestorEnv(t, 10*time.Minute)
+	a, clk, dev, src, tok1 := e.a, e.clk, e.dev, e.src, e.tok
 
 	loc, got, err := a.Current(ctx)
 	require.NoError(t, err)
@@ -105,13 +95,9 @@ func TestAttestorPicksUpNewToken(t *testing.T) {
 
 func TestAttestorRefusesExpired(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock()
-	dev := newDev(t, testIssuer, clk)
-	v := newVerifier(t, clk, dev.IssuerConfig(testAudience))
-	tok, err := dev.Token(testAudience, "europe-west1", "w", 30*time.Second)
-	require.NoError(t, err)
-	src := &countingSource{token: tok}
-	a := NewAttestor(src, v)
+	e := newAttestorEnv(t, 30*time.Second)
+	a, clk, src := e.a, e.clk, e.src
+	var err error
 	a.RefreshInterval = time.Hour // expiry alone must trigger the check
 
 	_, _, err = a.Current(ctx)
@@ -133,13 +119,9 @@ func TestAttestorRefusesExpired(t *testing.T) {
 
 func TestAttestorSourceErrors(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock()
-	dev := newDev(t, testIssuer, clk)
-	v := newVerifier(t, clk, dev.IssuerConfig(testAudience))
-	tok, err := dev.Token(testAudience, "europe-west1", "w", 10*time.Second)
-	require.NoError(t, err)
-	src := &countingSource{token: tok}
-	a := NewAttestor(src, v)
+	e := newAttestorEnv(t, 10*time.Second)
+	a, clk, dev, src := e.a, e.clk, e.dev, e.src
+	var err error
 	_, _, err = a.Current(ctx)
 	require.NoError(t, err)
 
@@ -209,13 +191,9 @@ func TestAttestorKeyRotation(t *testing.T) {
 
 func TestAttestorBadNewToken(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock()
-	dev := newDev(t, testIssuer, clk)
-	v := newVerifier(t, clk, dev.IssuerConfig(testAudience))
-	tok, err := dev.Token(testAudience, "europe-west1", "w", 5*time.Second)
-	require.NoError(t, err)
-	src := &countingSource{token: tok}
-	a := NewAttestor(src, v)
+	e := newAttestorEnv(t, 5*time.Second)
+	a, clk, dev, src, tok := e.a, e.clk, e.dev, e.src, e.tok
+	var err error
 	_, _, err = a.Current(ctx)
 	require.NoError(t, err)
 
@@ -330,13 +308,8 @@ func BenchmarkVerifyCached(b *testing.B) {
 // time at all with an error.
 func TestAttestorCurrentUntil(t *testing.T) {
 	ctx := context.Background()
-	clk := newClock()
-	dev := newDev(t, testIssuer, clk)
-	v := newVerifier(t, clk, dev.IssuerConfig(testAudience))
-	tok, err := dev.Token(testAudience, "europe-west1", "w", 10*time.Minute)
-	require.NoError(t, err)
-	src := &countingSource{token: tok}
-	a := NewAttestor(src, v)
+	e := newAttestorEnv(t, 10*time.Minute)
+	a, clk, dev, src, tok := e.a, e.clk, e.dev, e.src, e.tok
 
 	start := clk.Now()
 	loc, got, until, err := a.CurrentUntil(ctx)
@@ -369,4 +342,27 @@ func TestAttestorCurrentUntil(t *testing.T) {
 	_, _, until, err = a.CurrentUntil(ctx)
 	require.ErrorIs(t, err, ErrAttestation)
 	require.True(t, until.IsZero())
+}
+
+// attestorEnv is an Attestor over a counting source that serves one token
+// of the dev issuer (region europe-west1, workload "w"), on a fake clock.
+type attestorEnv struct {
+	clk *fakeClock
+	dev *DevIssuer
+	v   *Verifier
+	src *countingSource
+	tok string
+	a   *Attestor
+}
+
+func newAttestorEnv(t *testing.T, ttl time.Duration) *attestorEnv {
+	t.Helper()
+	e := &attestorEnv{clk: newClock()}
+	e.dev = newDev(t, testIssuer, e.clk)
+	e.v = newVerifier(t, e.clk, e.dev.IssuerConfig(testAudience))
+	tok, err := e.dev.Token(testAudience, "europe-west1", "w", ttl)
+	require.NoError(t, err)
+	e.tok, e.src = tok, &countingSource{token: tok}
+	e.a = NewAttestor(e.src, e.v)
+	return e
 }
