@@ -404,11 +404,7 @@ func TestRotateUsage(t *testing.T) {
 	e := newKeyEnv(t)
 	t.Setenv(configEnv, "")
 	cfg := []string{"--config", e.config}
-	tests := []struct {
-		name   string
-		args   []string
-		stderr string
-	}{
+	e.requireUsageErrors(t, []usageCase{
 		{"no zone", append([]string{"rotate"}, cfg...), "--zone is required"},
 		{"no config", []string{"rotate", "--zone", "eu"}, "no configuration: pass --config FILE or set ZONEKEY_CONFIG"},
 		{"keys no config", []string{"keys", "list"}, "no configuration"},
@@ -423,19 +419,7 @@ func TestRotateUsage(t *testing.T) {
 		{"keys argument", append([]string{"keys", "list", "eu"}, cfg...), `unexpected arguments ["eu"]`},
 		{"bad flag", append([]string{"rotate", "--zone", "eu", "--force"}, cfg...), "flag provided but not defined: -force"},
 		{"keys alone", []string{"keys"}, `"keys" needs a subcommand`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			code, stdout, stderr := cli(tt.args...)
-			require.Equal(t, 2, code, "stdout: %s\nstderr: %s", stdout, stderr)
-			require.Empty(t, stdout)
-			require.Contains(t, stderr, tt.stderr)
-			require.Contains(t, stderr, "Usage:")
-		})
-	}
-	// Nothing was rotated.
-	_, err := os.Stat(filepath.Join(e.dir, "keys"))
-	require.ErrorIs(t, err, os.ErrNotExist, "a refused command opened the keystore")
+	})
 
 	code, stdout, _ := cli("help", "rotate")
 	require.Equal(t, 0, code)
@@ -480,4 +464,29 @@ func TestProgress(t *testing.T) {
 	buf.Reset()
 	p.update(0, 0)
 	require.Equal(t, `zone "eu": 0/0 DEKs (100%)`+"\n", buf.String())
+}
+
+// usageCase is a command line refused as bad usage, and what its error says.
+type usageCase struct {
+	name   string
+	args   []string
+	stderr string
+}
+
+// requireUsageErrors checks that each command line exits 2 with the usage
+// and its error and prints nothing on stdout, and that none opened the
+// keystore.
+func (e *keyEnv) requireUsageErrors(t *testing.T, tests []usageCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := cli(tt.args...)
+			require.Equal(t, 2, code, "stdout: %s\nstderr: %s", stdout, stderr)
+			require.Empty(t, stdout)
+			require.Contains(t, stderr, tt.stderr)
+			require.Contains(t, stderr, "Usage:")
+		})
+	}
+	_, err := os.Stat(filepath.Join(e.dir, "keys"))
+	require.ErrorIs(t, err, os.ErrNotExist, "a refused command opened the keystore")
 }
