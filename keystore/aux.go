@@ -47,6 +47,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -149,7 +150,8 @@ type AuxKey struct {
 }
 
 // macState is a keyed HMAC-SHA256 and room for its sum, pooled so that MAC
-// allocates nothing.
+// allocates nothing: the sum goes to memory of the pool's, since a slice
+// passed to a hash.Hash method escapes.
 type macState struct {
 	h   hash.Hash
 	sum [sha256.Size]byte
@@ -207,12 +209,29 @@ func (n auxName) String() string {
 	return fmt.Sprintf("%s key %q of zone %q", n.purpose, n.name, n.zone)
 }
 
-// auxLive is the cached set of live versions of one key.
+// auxLive is the cached set of live versions of one key. Like a cached DEK
+// (entry), it remembers the policy decision that allowed its last hit, for
+// the next hit to reuse while that holds.
 type auxLive struct {
-	keys    []*AuxKey // newest first
-	floor   uint32    // highest retired version, 0 if none
-	floorID envelope.KeyID
-	expires time.Time
+	name      auxName
+	keys      []*AuxKey // newest first
+	floor     uint32    // highest retired version, 0 if none
+	floorID   envelope.KeyID
+	expires   time.Time
+	expiresNs int64 // expires in Unix nanoseconds
+	auth      atomic.Pointer[decision]
+}
+
+// newAuxLive returns an empty live set of n that expires at expires.
+func newAuxLive(n auxName, expires time.Time) *auxLive {
+	return &auxLive{name: n, expires: expires, expiresNs: unixNano(expires)}
+}
+
+// allowed reports whether the decision remembered by l still allows a hit
+// at now (Unix nanoseconds).
+func (l *auxLive) allowed(now int64) bool {
+	d := l.auth.Load()
+	return d != nil && now < d.until && !d.revoked.Load()
 }
 
 // auxCache caches auxiliary keys by id and the live set of each key. The
@@ -221,6 +240,23 @@ type auxCache struct {
 	mu   sync.Mutex
 	byID map[envelope.KeyID]*AuxKey
 	live map[auxName]*auxLive
+	// hot holds recently looked-up live sets by a hash of their name, for
+	// a lookup without the lock (the hit path of every blind-index query
+	// and searchable Encrypt). A slot is only written under mu, to the set
+	// live holds for its name, and cleared or replaced there when that
+	// set is dropped or replaced, so it never holds a set live has let go.
+	hot [auxSlots]atomic.Pointer[auxLive]
+}
+
+// auxSlots is the number of slots of auxCache.hot: keys are few (one per
+// zone and index or deterministic field), so collisions are rare, and cost
+// only the lock.
+const auxSlots = 64
+
+// slot returns the slot of n in hot.
+func (c *auxCache) slot(n auxName) *atomic.Pointer[auxLive] {
+	h := strHash(strHash(0x243f6a8885a308d3, n.zone), n.name) ^ uint64(len(n.purpose))
+	return &c.hot[(h*0xbf58476d1ce4e5b9)>>58] // the top 6 bits: auxSlots is 64
 }
 
 func (c *auxCache) get(id envelope.KeyID, now time.Time) *AuxKey {
@@ -255,24 +291,37 @@ func (c *auxCache) add(a *AuxKey, max int, now time.Time) {
 
 // liveSet returns the cached live set of n, expired or not, or nil.
 func (c *auxCache) liveSet(n auxName) *auxLive {
+	slot := c.slot(n)
+	if l := slot.Load(); l != nil && l.name == n {
+		return l
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.live[n]
+	l := c.live[n]
+	if l != nil {
+		slot.Store(l)
+	}
+	return l
 }
 
-func (c *auxCache) setLive(n auxName, l *auxLive) {
+// setLive caches l, the live set of l.name.
+func (c *auxCache) setLive(l *auxLive) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.live == nil {
 		c.live = map[auxName]*auxLive{}
 	}
-	c.live[n] = l
+	c.live[l.name] = l
+	c.slot(l.name).Store(l)
 }
 
 func (c *auxCache) dropLive(n auxName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.live, n)
+	if l := c.live[n]; l != nil {
+		c.slot(n).CompareAndSwap(l, nil)
+		delete(c.live, n)
+	}
 }
 
 func (c *auxCache) purge() {
@@ -280,6 +329,9 @@ func (c *auxCache) purge() {
 	defer c.mu.Unlock()
 	clear(c.byID)
 	clear(c.live)
+	for i := range c.hot {
+		c.hot[i].Store(nil)
+	}
 }
 
 // auxAuthorize checks the arguments and asks the Policy, as every
@@ -544,7 +596,7 @@ func (k *Keyring) RetireAuxKeys(ctx context.Context, zone string, purpose AuxPur
 func (k *Keyring) refreshAux(ctx context.Context, zs *zoneState, cust kms.Custodian, n auxName, create bool) (*auxLive, error) {
 	now := k.now()
 	old := k.aux.liveSet(n)
-	l := &auxLive{expires: now.Add(k.cfg.DEKTTL)}
+	l := newAuxLive(n, now.Add(k.cfg.DEKTTL))
 
 	// The retirement marker: authenticated by its wrap, so that a store
 	// cannot hide live versions by inventing one.
@@ -608,7 +660,7 @@ func (k *Keyring) refreshAux(ctx context.Context, zs *zoneState, cust kms.Custod
 	slices.Reverse(keys)
 	l.keys = keys
 	if len(keys) > 0 {
-		k.aux.setLive(n, l)
+		k.aux.setLive(l)
 	}
 	return l, nil
 }

@@ -96,18 +96,25 @@ func hotSlot(id *envelope.KeyID) int { return int(id[0]) % hotSlots }
 // cache's random seed. Subjects that differ only in between share a slot
 // and take turns in it, which only costs their hits the lock.
 func (c *lru) curSlot(subject string) *atomic.Pointer[entry] {
-	n := len(subject)
-	h := c.seed ^ uint64(n)
-	if n >= 8 {
-		b := unsafe.Slice(unsafe.StringData(subject), n) // only read
-		h = (h^binary.LittleEndian.Uint64(b))*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[n-8:])
-	} else {
-		for i := range n {
-			h = h<<8 ^ uint64(subject[i])
-		}
-	}
-	h *= 0xbf58476d1ce4e5b9
+	h := strHash(c.seed, subject) * 0xbf58476d1ce4e5b9
 	return &c.cur[h>>56] // the top 8 bits: curSlots is 256
+}
+
+// strHash mixes s into h cheaply: its length and its first and last eight
+// bytes (all of it when shorter). It picks cache slots, where strings that
+// differ only in between merely share a slot; take the top bits of the
+// result times an odd constant.
+func strHash(h uint64, s string) uint64 {
+	n := len(s)
+	h ^= uint64(n)
+	if n >= 8 {
+		b := unsafe.Slice(unsafe.StringData(s), n) // only read
+		return (h^binary.LittleEndian.Uint64(b))*0x9e3779b97f4a7c15 ^ binary.LittleEndian.Uint64(b[n-8:])
+	}
+	for i := range n {
+		h = h<<8 ^ uint64(s[i])
+	}
+	return h
 }
 
 // maxNameKey bounds the zone-and-subject keys current builds on the stack;
@@ -354,19 +361,29 @@ func (k *Keyring) CurrentAuxKey(ctx context.Context, zone string, purpose AuxPur
 // cachedLive returns the cached, unexpired live versions of the key
 // (zone, purpose, name) once the policy's cached decision allows the
 // zone, or nil. Live versions are only ever cached for a configured zone
-// and a valid purpose and name, and are never empty.
+// and a valid purpose and name, and are never empty. As a DEK hit does
+// (cachedDataKey), a hit reuses the decision that allowed the set's last
+// hit while that holds, and looks the zone's up otherwise.
 func (k *Keyring) cachedLive(zone string, purpose AuxPurpose, name string) *auxLive {
 	if k.closed.Load() {
 		return nil
 	}
-	now := k.now()
-	if k.policy != nil && k.cache.decisions.lookup(zone, now) == nil {
+	l := k.aux.liveSet(auxName{zone, purpose, name})
+	if l == nil {
 		return nil
 	}
-	if l := k.aux.liveSet(auxName{zone, purpose, name}); l != nil && now.Before(l.expires) {
-		return l
+	now := k.now().UnixNano()
+	if now >= l.expiresNs {
+		return nil
 	}
-	return nil
+	if k.policy != nil && !l.allowed(now) {
+		d := k.cache.decisions.lookup(zone, time.Unix(0, now))
+		if d == nil {
+			return nil
+		}
+		l.auth.Store(d)
+	}
+	return l
 }
 
 // learnAfter remembers the policy's lasting decision for zone after a call
