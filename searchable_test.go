@@ -39,6 +39,14 @@ func TestSearchCustody(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{r.TaxID}, dets)
 
+	appended, err := eu.AppendIndexTerms(ctx, nil, "eu", searchable{}, "EmailIdx", "alice@example.com")
+	require.NoError(t, err)
+	require.Equal(t, terms, appended)
+
+	kept := []string{"kept"}
+	out, err := us.AppendIndexTerms(ctx, kept, "eu", searchable{}, "EmailIdx", "alice@example.com")
+	require.ErrorIs(t, err, zonekey.ErrOutsideCustody)
+	require.Equal(t, kept, out)
 	_, err = us.IndexTerms(ctx, "eu", searchable{}, "EmailIdx", "alice@example.com")
 	require.ErrorIs(t, err, zonekey.ErrOutsideCustody)
 	var fe *fieldcrypt.FieldError
@@ -74,6 +82,8 @@ func TestSearchClosedClient(t *testing.T) {
 	require.NoError(t, c.Close())
 	ctx := t.Context()
 	_, err = c.IndexTerms(ctx, "eu", searchable{}, "EmailIdx", "x")
+	require.ErrorIs(t, err, zonekey.ErrClosed)
+	_, err = c.AppendIndexTerms(ctx, nil, "eu", searchable{}, "EmailIdx", "x")
 	require.ErrorIs(t, err, zonekey.ErrClosed)
 	_, err = c.DeterministicTerms(ctx, "eu", searchable{}, "TaxID", "x")
 	require.ErrorIs(t, err, zonekey.ErrClosed)

@@ -319,6 +319,16 @@ func (c *Client) IndexTerms(ctx context.Context, zone string, record any, index,
 	return c.crypter.IndexTerms(ctx, zone, record, index, value)
 }
 
+// AppendIndexTerms is IndexTerms appending the terms to dst and returning
+// the extended slice, for a query loop that reuses one slice: then only
+// the terms themselves are allocated. On error dst is returned unchanged.
+func (c *Client) AppendIndexTerms(ctx context.Context, dst []string, zone string, record any, index, value string) ([]string, error) {
+	if c.keyring == nil || c.closed.Load() {
+		return dst, fmt.Errorf("zonekey: index terms: %w", ErrClosed)
+	}
+	return c.crypter.AppendIndexTerms(ctx, dst, zone, record, index, value)
+}
+
 // DeterministicTerms returns the envelopes that the deterministic field
 // field (`zonekey:"encrypt,deterministic"`) of the struct type of record
 // holds for value in zone, one per live key version, newest first: compare

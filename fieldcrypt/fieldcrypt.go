@@ -104,7 +104,8 @@ type Keyring interface {
 // concurrent use.
 type Crypter struct {
 	keys     Keyring
-	search   SearchKeyring // keys, if it holds search keys too
+	search   SearchKeyring    // keys, if it holds search keys too
+	shared   sharedAuxKeyring // keys, if it hands out its cached search keys
 	resolver Resolver
 }
 
@@ -123,6 +124,7 @@ func WithResolver(r Resolver) Option { return func(c *Crypter) { c.resolver = r 
 func New(keys Keyring, opts ...Option) *Crypter {
 	c := &Crypter{keys: keys}
 	c.search, _ = keys.(SearchKeyring)
+	c.shared, _ = keys.(sharedAuxKeyring)
 	for _, o := range opts {
 		o(c)
 	}

@@ -110,31 +110,59 @@ func BlankSearchable(v any) error {
 // with an empty source has an empty index field) and is refused with
 // ErrInvalidValue.
 func (c *Crypter) IndexTerms(ctx context.Context, zone string, record any, index, value string) ([]string, error) {
-	t, p, err := planOf(record)
+	keys, spec, v, err := c.indexKeys(ctx, zone, record, index, value)
 	if err != nil {
 		return nil, err
 	}
+	if len(keys) == 1 { // the usual case: one allocation
+		if termLen(keys[0], spec) <= len(smallTerm{}) {
+			return oneTerm[smallTerm](keys[0], spec, v), nil
+		}
+		return oneTerm[[maxTerm]byte](keys[0], spec, v), nil
+	}
+	return appendTerms(make([]string, 0, len(keys)), keys, spec, v), nil
+}
+
+// AppendIndexTerms is IndexTerms appending the terms to dst: a query loop
+// that reuses dst allocates only the terms themselves. On error it returns
+// dst unchanged.
+func (c *Crypter) AppendIndexTerms(ctx context.Context, dst []string, zone string, record any, index, value string) ([]string, error) {
+	keys, spec, v, err := c.indexKeys(ctx, zone, record, index, value)
+	if err != nil {
+		return dst, err
+	}
+	return appendTerms(dst, keys, spec, v), nil
+}
+
+// indexKeys checks the arguments of IndexTerms and returns the live
+// versions of the index key (shared: only to be read), the index and the
+// normalised value.
+func (c *Crypter) indexKeys(ctx context.Context, zone string, record any, index, value string) ([]*keystore.AuxKey, *indexSpec, string, error) {
+	t, p, err := planOf(record)
+	if err != nil {
+		return nil, nil, "", err
+	}
 	n := p.indexes[index]
 	if n == nil {
-		return nil, fmt.Errorf("%w: %s has no blind-index field %q (it has: %s)", ErrInvalidValue, t, index, pathList(p.indexes))
+		return nil, nil, "", fmt.Errorf("%w: %s has no blind-index field %q (it has: %s)", ErrInvalidValue, t, index, pathList(p.indexes))
 	}
 	fail := func(err error) error { return &FieldError{Op: "index", Type: t, Path: index, Zone: zone, Err: err} }
 	if value == "" {
-		return nil, fail(fmt.Errorf("%w: an empty value has no term", ErrInvalidValue))
+		return nil, nil, "", fail(fmt.Errorf("%w: an empty value has no term", ErrInvalidValue))
 	}
 	if c.search == nil {
-		return nil, fail(fmt.Errorf("%w: the Keyring does not hold index keys", ErrUnsupportedField))
+		return nil, nil, "", fail(fmt.Errorf("%w: the Keyring does not hold index keys", ErrUnsupportedField))
 	}
 	var keys []*keystore.AuxKey
-	if sk, ok := c.search.(sharedAuxKeyring); ok {
-		keys, err = sk.SharedAuxKeys(ctx, zone, keystore.AuxIndex, n.index.name) // only read below
+	if c.shared != nil {
+		keys, err = c.shared.SharedAuxKeys(ctx, zone, keystore.AuxIndex, n.index.name) // only read
 	} else {
 		keys, err = c.search.AuxKeys(ctx, zone, keystore.AuxIndex, n.index.name)
 	}
 	if err != nil {
-		return nil, fail(err)
+		return nil, nil, "", fail(err)
 	}
-	return indexTerms(keys, n.index, value), nil
+	return keys, n.index, normalize(value, n.index.norm), nil
 }
 
 // sharedAuxKeyring is a SearchKeyring with cheaper hits: it hands out its
@@ -149,29 +177,45 @@ type sharedAuxKeyring interface {
 // and at most MaxIndexBits bits in hex.
 const maxTerm = 10 + 1 + MaxIndexBits/4
 
-// oneTerm is the result of indexTerms for one key version in one
-// allocation: the slice's array and the term's bytes side by side.
-type oneTerm struct {
+// termBox is the result of indexTerms for one key version in one
+// allocation: the slice's array and the term's bytes side by side. B is
+// the byte array the term is written to: small for the usual terms, so
+// that the allocation is too, or large enough for any.
+type termBox[B smallTerm | [maxTerm]byte] struct {
 	terms [1]string
-	buf   [maxTerm]byte
+	buf   B
 }
 
-// indexTerms returns the terms of value under keys, in their order. With
-// one key, the usual case, it allocates once.
-func indexTerms(keys []*keystore.AuxKey, spec *indexSpec, value string) []string {
-	v := normalize(value, spec.norm)
-	if len(keys) == 1 {
-		t := new(oneTerm)
-		b := appendTerm(t.buf[:0], keys[0], spec, v)
-		t.terms[0] = unsafe.String(&t.buf[0], len(b)) // t.buf is not written again
-		return t.terms[:]
+// smallTerm holds the terms of indexes of up to 48 bits under versions
+// below 100,000 (a 32-byte termBox).
+type smallTerm [16]byte
+
+// oneTerm returns the term of v under key as the only element of a slice,
+// in one allocation.
+func oneTerm[B smallTerm | [maxTerm]byte](key *keystore.AuxKey, spec *indexSpec, v string) []string {
+	t := new(termBox[B])
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&t.buf)), len(t.buf))
+	b := appendTerm(buf[:0], key, spec, v)
+	t.terms[0] = unsafe.String(&buf[0], len(b)) // buf is not written again
+	return t.terms[:]
+}
+
+// termLen returns the length of the term of key under spec.
+func termLen(key *keystore.AuxKey, spec *indexSpec) int {
+	n := 2 + 2*((spec.bits+7)/8) // a digit, ':', the hex
+	for v := key.Version; v >= 10; v /= 10 {
+		n++
 	}
-	terms := make([]string, len(keys))
-	for i, k := range keys {
-		var buf [maxTerm]byte
-		terms[i] = string(appendTerm(buf[:0], k, spec, v))
+	return n
+}
+
+// appendTerms appends the terms of the normalised value v under keys, in
+// their order, to dst.
+func appendTerms(dst []string, keys []*keystore.AuxKey, spec *indexSpec, v string) []string {
+	for _, k := range keys {
+		dst = append(dst, makeTerm(k, spec, v))
 	}
-	return terms
+	return dst
 }
 
 // DeterministicTerms returns the envelopes that the deterministic field
@@ -279,8 +323,15 @@ func normalize(s string, n Normalizer) string {
 
 // indexTerm returns the term of value under key.
 func indexTerm(key *keystore.AuxKey, spec *indexSpec, value string) string {
-	var buf [maxTerm]byte
-	return string(appendTerm(buf[:0], key, spec, normalize(value, spec.norm)))
+	return makeTerm(key, spec, normalize(value, spec.norm))
+}
+
+// makeTerm returns the term of the normalised value v under key as a new
+// string, written in place: one allocation of the term's size.
+func makeTerm(key *keystore.AuxKey, spec *indexSpec, v string) string {
+	b := make([]byte, 0, termLen(key, spec))
+	b = appendTerm(b, key, spec, v)
+	return unsafe.String(unsafe.SliceData(b), len(b)) // b is not written again
 }
 
 // appendTerm appends the term of the normalised value v under key to dst:
@@ -310,8 +361,8 @@ func (w *walker) auxKey(purpose keystore.AuxPurpose, name string) (*keystore.Aux
 	}
 	var a *keystore.AuxKey
 	var err error
-	if sk, ok := w.c.search.(sharedAuxKeyring); ok {
-		a, err = sk.CurrentAuxKey(w.ctx, w.zone, purpose, name)
+	if w.c.shared != nil {
+		a, err = w.c.shared.CurrentAuxKey(w.ctx, w.zone, purpose, name)
 	} else {
 		a, err = w.c.search.AuxKey(w.ctx, w.zone, purpose, name, 0)
 	}

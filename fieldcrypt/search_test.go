@@ -159,6 +159,66 @@ func TestIndexTermFormat(t *testing.T) {
 	require.Regexp(t, `^1:(00|80)$`, r.B1)
 }
 
+// TestAppendIndexTerms checks that AppendIndexTerms appends what IndexTerms
+// returns, reusing the slice it is given, and leaves it as it was on error.
+func TestAppendIndexTerms(t *testing.T) {
+	e := newEnv(t)
+	want := indexTerms(t, e, "eu", "EmailIdx", "alice@example.com")
+	dst := make([]string, 1, 4)
+	dst[0] = "kept"
+	got, err := e.c.AppendIndexTerms(ctx, dst, "eu", (*member)(nil), "EmailIdx", "Alice@Example.com")
+	require.NoError(t, err)
+	require.Equal(t, append([]string{"kept"}, want...), got)
+	require.Same(t, &dst[0], &got[0], "the slice's room is reused")
+
+	_, err = e.keys.RotateAuxKey(ctx, "eu", keystore.AuxIndex, "EmailIdx")
+	require.NoError(t, err)
+	both, err := e.c.AppendIndexTerms(ctx, got[:0], "eu", (*member)(nil), "EmailIdx", "alice@example.com")
+	require.NoError(t, err)
+	require.Equal(t, indexTerms(t, e, "eu", "EmailIdx", "alice@example.com"), both)
+	require.Len(t, both, 2, "one term per live version")
+
+	for _, bad := range []struct{ index, value string }{{"Nope", "x"}, {"EmailIdx", ""}} {
+		out, err := e.c.AppendIndexTerms(ctx, []string{"kept"}, "eu", (*member)(nil), bad.index, bad.value)
+		require.ErrorIs(t, err, fieldcrypt.ErrInvalidValue)
+		require.Equal(t, []string{"kept"}, out)
+	}
+}
+
+// TestIndexTermsMatchStored checks that the terms a query computes are the
+// ones Encrypt stores, for terms of every length (short ones and long ones
+// are laid out differently) and for versions with one and two digits.
+func TestIndexTermsMatchStored(t *testing.T) {
+	type sizes struct {
+		Zone string `zonekey:"zone"`
+		S    string `zonekey:"encrypt"`
+		B1   string `zonekey:"index=S,bits=1,name=b"`
+		B48  string `zonekey:"index=S,bits=48,name=b"`
+		B49  string `zonekey:"index=S,bits=49,name=b"`
+		B56  string `zonekey:"index=S,bits=56,name=b"`
+		B64  string `zonekey:"index=S,bits=64,name=b"`
+		B128 string `zonekey:"index=S,bits=128,name=b"`
+	}
+	e := newEnv(t)
+	fields := []string{"B1", "B48", "B49", "B56", "B64", "B128"}
+	for v := 1; v <= 10; v++ {
+		if v > 1 {
+			_, err := e.keys.RotateAuxKey(ctx, "eu", keystore.AuxIndex, "b")
+			require.NoError(t, err)
+			require.NoError(t, e.keys.RetireAuxKeys(ctx, "eu", keystore.AuxIndex, "b", uint32(v-1)))
+		}
+		r := &sizes{Zone: "eu", S: "some value"}
+		require.NoError(t, e.c.Encrypt(ctx, r))
+		stored := map[string]string{"B1": r.B1, "B48": r.B48, "B49": r.B49, "B56": r.B56, "B64": r.B64, "B128": r.B128}
+		for _, f := range fields {
+			terms, err := e.c.IndexTerms(ctx, "eu", r, f, "some value")
+			require.NoError(t, err)
+			require.Equal(t, []string{stored[f]}, terms, "field %s, version %d", f, v)
+			require.True(t, strings.HasPrefix(stored[f], fmt.Sprintf("%d:", v)), "field %s: %q", f, stored[f])
+		}
+	}
+}
+
 func TestIndexZones(t *testing.T) {
 	e := newEnv(t)
 	eu := newMember("m-1", "eu", "alice@example.com")

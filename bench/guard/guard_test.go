@@ -219,10 +219,17 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.budget != (Budget{Ratio: 1.5, AllocsPerField: 2}) || c.rounds != 11 || !c.json {
+	if c.budget != (Budget{Ratio: 1.5, AllocsPerField: 2}) || c.rounds != 11 || !c.json || c.run != nil {
 		t.Errorf("parsed: %+v", c)
 	}
-	for _, args := range [][]string{{"-rounds", "0"}, {"-slices", "0"}, {"-size", "0"}, {"-budget", "0"}, {"-benchtime", "0s"}, {"extra"}} {
+	c, err = parseFlags([]string{"-run", "^field-"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.run == nil || !c.run.MatchString("field-encrypt") || c.run.MatchString("struct-encrypt") {
+		t.Errorf("-run ^field-: %v", c.run)
+	}
+	for _, args := range [][]string{{"-rounds", "0"}, {"-slices", "0"}, {"-size", "0"}, {"-budget", "0"}, {"-benchtime", "0s"}, {"-run", "("}, {"extra"}} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) succeeded", args)
 		}

@@ -7,6 +7,7 @@
 //	go run ./bench/guard -json           # the same as JSON
 //	go run ./bench/guard -rounds 11 -v   # more rounds, and every round printed
 //	go run ./bench/guard -size 16        # single-field cases of 16 bytes (default 64)
+//	go run ./bench/guard -run 'field-'   # only the cases whose names match
 //
 // The cases (bench.HotPath) are a one-field record encrypted and
 // decrypted, a record with five sensitive fields encrypted and decrypted,
@@ -40,6 +41,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -65,6 +67,7 @@ type config struct {
 	confirm   bool
 	json      bool
 	verbose   bool
+	run       *regexp.Regexp // cases to measure; nil: all
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -81,8 +84,16 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.confirm, "confirm", true, "measure a case over the time budget again before failing it")
 	fs.BoolVar(&c.json, "json", false, "print the verdict as JSON")
 	fs.BoolVar(&c.verbose, "v", false, "print every round")
+	runExpr := fs.String("run", "", "measure only the cases whose names match this regular expression")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if *runExpr != "" {
+		re, err := regexp.Compile(*runExpr)
+		if err != nil {
+			return c, fmt.Errorf("-run: %v", err)
+		}
+		c.run = re
 	}
 	switch {
 	case fs.NArg() > 0:
@@ -170,9 +181,14 @@ func guard(cfg config, stderr io.Writer) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	pairs := make([]pair, len(cases))
-	for i, c := range cases {
-		pairs[i] = pair{name: c.Name, fields: c.Fields, reported: c.Reported, run: c.Run, floor: c.Floor}
+	var pairs []pair
+	for _, c := range cases {
+		if cfg.run == nil || cfg.run.MatchString(c.Name) {
+			pairs = append(pairs, pair{name: c.Name, fields: c.Fields, reported: c.Reported, run: c.Run, floor: c.Floor})
+		}
+	}
+	if len(pairs) == 0 {
+		return nil, fmt.Errorf("-run %s matches no case", cfg.run)
 	}
 
 	s := settings{rounds: cfg.rounds, benchtime: cfg.benchtime, slices: cfg.slices, procs: cfg.procs}
