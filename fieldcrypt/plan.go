@@ -287,6 +287,7 @@ type plan struct {
 	zoneIdx    []int            // index path of the zone field, nil if none
 	subjectIdx []int            // index path of the subject field, nil if none
 	indexes    map[string]*node // blind-index fields by path
+	indexList  []*node          // the same, in field order: found by indexNode
 	dets       map[string]*node // deterministic leaves by path
 	err        error
 
@@ -321,6 +322,17 @@ func offsetOf(t reflect.Type, idx []int) uintptr {
 
 // searchable reports whether the type has blind-index or deterministic
 // fields, which need a SearchKeyring.
+// indexNode returns the blind-index field at path, or nil. A record has
+// few of them: comparing paths is quicker than hashing one.
+func (p *plan) indexNode(path string) *node {
+	for _, n := range p.indexList {
+		if n.path == path {
+			return n
+		}
+	}
+	return nil
+}
+
 func (p *plan) searchable() bool { return len(p.indexes) > 0 || len(p.dets) > 0 }
 
 // PlanError reports a struct type that fieldcrypt cannot handle, naming the
@@ -630,6 +642,7 @@ func (b *builder) indexField(t reflect.Type, sf reflect.StructField, tag Tag, pa
 		b.plan.indexes = map[string]*node{}
 	}
 	b.plan.indexes[fpath] = n
+	b.plan.indexList = append(b.plan.indexList, n)
 	return n, nil
 }
 

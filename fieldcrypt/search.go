@@ -142,7 +142,7 @@ func (c *Crypter) indexKeys(ctx context.Context, zone string, record any, index,
 	if err != nil {
 		return nil, nil, "", err
 	}
-	n := p.indexes[index]
+	n := p.indexNode(index)
 	if n == nil {
 		return nil, nil, "", fmt.Errorf("%w: %s has no blind-index field %q (it has: %s)", ErrInvalidValue, t, index, pathList(p.indexes))
 	}
@@ -259,7 +259,7 @@ func SearchKey(record any, field string) (keystore.AuxPurpose, string, error) {
 	if err != nil {
 		return "", "", err
 	}
-	if n := p.indexes[field]; n != nil {
+	if n := p.indexNode(field); n != nil {
 		return keystore.AuxIndex, n.index.name, nil
 	}
 	if p.dets[field] != nil {
