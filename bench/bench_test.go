@@ -349,12 +349,32 @@ func BenchmarkFieldEncryptParallel(b *testing.B) {
 }
 
 // BenchmarkIndexTerm computes the blind-index term of a value with
-// Client.IndexTerms (Indexed's 16-bit index, one live key version, cached):
-// the query side of a blind-index lookup.
+// Client.AppendIndexTerms into a reused slice (Indexed's 16-bit index, one
+// live key version, cached): the query side of a blind-index lookup, and
+// the guard's index-term case.
 func BenchmarkIndexTerm(b *testing.B) {
 	runSizes(b, searchSizes, func(c *zonekey.Client, n int) (bench.Case, error) {
 		return bench.IndexTermCase(context.Background(), c, n)
 	})
+}
+
+// BenchmarkIndexTerms is BenchmarkIndexTerm through Client.IndexTerms,
+// which also allocates the slice (with the term, in one allocation).
+func BenchmarkIndexTerms(b *testing.B) {
+	c := hotClient(b)
+	ctx := context.Background()
+	for _, n := range searchSizes {
+		value := bench.Text(n, 0)
+		b.Run(sizeName(n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				if _, err := c.IndexTerms(ctx, bench.Zone, (*bench.Indexed)(nil), bench.IndexedIndex, value); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
 
 // BenchmarkFloorHMAC is the floor of BenchmarkIndexTerm: one reused
