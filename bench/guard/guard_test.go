@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,7 @@ func TestJudge(t *testing.T) {
 	budget := Budget{Ratio: 1.2, AllocsPerField: 1}
 	tests := []struct {
 		name     string
+		budget   *Budget // nil: budget
 		ms       []Measurement
 		pass     bool
 		failing  []string // cases that must fail
@@ -119,6 +121,32 @@ func TestJudge(t *testing.T) {
 			reasonIn: []string{"index-term: 1.50× the floor"},
 		},
 		{
+			name:   "a case's own ceiling replaces the budget",
+			budget: &Budget{Ratio: 1.2, AllocsPerField: 1, Cases: map[string]float64{"field-decrypt": 1.5}},
+			ms: []Measurement{
+				{Case: "field-decrypt", Fields: 1, Rounds: rounds(1, 1.4, 1.4, 1.4)},
+				{Case: "field-encrypt", Fields: 1, Rounds: rounds(1, 1.1, 1.1, 1.1)},
+			},
+			pass: true,
+		},
+		{
+			name:   "a case over its own ceiling fails, naming it",
+			budget: &Budget{Ratio: 1.2, AllocsPerField: 1, Cases: map[string]float64{"field-decrypt": 1.5}},
+			ms: []Measurement{
+				{Case: "field-decrypt", Fields: 1, Rounds: rounds(1, 1.6, 1.6, 1.6)},
+				{Case: "field-encrypt", Fields: 1, Rounds: rounds(1, 1.3, 1.3, 1.3)},
+			},
+			failing:  []string{"field-decrypt", "field-encrypt"},
+			reasonIn: []string{"field-decrypt: 1.60× the floor (median of 3 rounds), over the 1.50× budget", "field-encrypt: 1.30× the floor (median of 3 rounds), over the 1.20× budget"},
+		},
+		{
+			name:     "a ceiling may be stricter than the budget",
+			budget:   &Budget{Ratio: 1.2, AllocsPerField: 1, Cases: map[string]float64{"struct-encrypt": 1.1}},
+			ms:       []Measurement{{Case: "struct-encrypt", Fields: 5, Rounds: rounds(5, 1.15, 1.15, 1.15)}},
+			failing:  []string{"struct-encrypt"},
+			reasonIn: []string{"over the 1.10× budget"},
+		},
+		{
 			name:     "reported cases alone are no verdict",
 			ms:       []Measurement{{Case: "det-encrypt", Fields: 1, Reported: true, Rounds: rounds(1, 1.0)}},
 			reasonIn: []string{"no cases were measured"},
@@ -126,7 +154,11 @@ func TestJudge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := Judge(tt.ms, budget)
+			b := budget
+			if tt.budget != nil {
+				b = *tt.budget
+			}
+			v := Judge(tt.ms, b)
 			if v.Pass != tt.pass {
 				t.Errorf("Pass = %v, want %v; reasons: %q", v.Pass, tt.pass, v.Reasons)
 			}
@@ -212,14 +244,14 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.budget != (Budget{Ratio: 1.2, AllocsPerField: 1}) || c.rounds != 9 || c.slices != 5 || c.size != 64 || c.procs != 1 || !c.confirm || c.json {
+	if !reflect.DeepEqual(c.budget, Budget{Ratio: 1.2, AllocsPerField: 1}) || c.rounds != 9 || c.slices != 5 || c.size != 64 || c.procs != 1 || !c.confirm || c.json {
 		t.Errorf("defaults: %+v", c)
 	}
 	c, err = parseFlags([]string{"-budget", "1.5", "-allocs", "2", "-rounds", "11", "-json"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.budget != (Budget{Ratio: 1.5, AllocsPerField: 2}) || c.rounds != 11 || !c.json || c.run != nil {
+	if !reflect.DeepEqual(c.budget, Budget{Ratio: 1.5, AllocsPerField: 2}) || c.rounds != 11 || !c.json || c.run != nil {
 		t.Errorf("parsed: %+v", c)
 	}
 	c, err = parseFlags([]string{"-run", "^field-"}, io.Discard)
@@ -229,10 +261,55 @@ func TestParseFlags(t *testing.T) {
 	if c.run == nil || !c.run.MatchString("field-encrypt") || c.run.MatchString("struct-encrypt") {
 		t.Errorf("-run ^field-: %v", c.run)
 	}
-	for _, args := range [][]string{{"-rounds", "0"}, {"-slices", "0"}, {"-size", "0"}, {"-budget", "0"}, {"-benchtime", "0s"}, {"-run", "("}, {"extra"}} {
+	c, err = parseFlags([]string{"-case-budget", "field-decrypt=1.5,index-term=1.45", "-case-budget", "field-encrypt=1.3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]float64{"field-decrypt": 1.5, "index-term": 1.45, "field-encrypt": 1.3}; !reflect.DeepEqual(c.budget.Cases, want) || c.budget.Ratio != 1.2 {
+		t.Errorf("-case-budget: %+v", c.budget)
+	}
+	for _, args := range [][]string{{"-rounds", "0"}, {"-slices", "0"}, {"-size", "0"}, {"-budget", "0"}, {"-benchtime", "0s"}, {"-run", "("}, {"extra"},
+		{"-case-budget", "field-decrypt"}, {"-case-budget", "field-decrypt=0"}, {"-case-budget", "=1.3"}, {"-case-budget", "x=abc"}, {"-case-budget", "x=-1"}, {"-case-budget", "x=NaN"}} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) succeeded", args)
 		}
+	}
+}
+
+// A case within its own ceiling but over the budget's ratio passes, and
+// the report says it is over the target.
+func TestReportOverTarget(t *testing.T) {
+	v := Judge([]Measurement{
+		{Case: "field-decrypt", Fields: 1, Rounds: rounds(1, 1.3)},
+		{Case: "field-encrypt", Fields: 1, Rounds: rounds(1, 1.1)},
+	}, Budget{Ratio: 1.2, AllocsPerField: 1, Cases: map[string]float64{"field-decrypt": 1.45, "field-encrypt": 1.4}})
+	if !v.Pass {
+		t.Fatalf("verdict failed: %q", v.Reasons)
+	}
+	if r := v.Results[0]; !r.OverTarget || r.Budget != 1.45 {
+		t.Errorf("field-decrypt: OverTarget %v, Budget %v", r.OverTarget, r.Budget)
+	}
+	if r := v.Results[1]; r.OverTarget || r.Budget != 1.4 {
+		t.Errorf("field-encrypt: OverTarget %v, Budget %v", r.OverTarget, r.Budget)
+	}
+	var text bytes.Buffer
+	printText(&text, &report{Verdict: v})
+	for _, s := range []string{"ok within its 1.45× ceiling; over the 1.20× target", "PASS", "(or its own ceiling)"} {
+		if !strings.Contains(text.String(), s) {
+			t.Errorf("text report lacks %q:\n%s", s, text.String())
+		}
+	}
+}
+
+// A ceiling for a case the guard does not have is refused before anything
+// is measured: a misspelt name must not drop a case's ceiling silently.
+func TestUnknownCaseBudget(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run1([]string{"-case-budget", "field-decrypt=1.5,feild-encrypt=1.4"}, io.Discard, &stderr); code != 2 {
+		t.Fatalf("exit status %d, want 2; stderr: %s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), `"feild-encrypt", which is not a case`) {
+		t.Errorf("stderr: %s", stderr.String())
 	}
 }
 
