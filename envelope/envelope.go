@@ -261,6 +261,55 @@ func putScratch(p *scratchBuf) {
 	}
 }
 
+// Scratch lends the working memory of seals and opens to a caller that
+// handles several values in a row, such as the fields of one record: it
+// claims the memory on first use and keeps it until Release, where each
+// call without one claims and gives back its own. The functions that take
+// a Scratch (SealStringWith, SealBytesWith, OpenStringFuncWith,
+// OpenBytesFuncWith) otherwise do what those without do. It holds no
+// plaintext between calls: values are decrypted straight into their
+// results, and sealed from their inputs.
+//
+// The zero Scratch is ready to use, and can be used again after Release.
+// A Scratch is not safe for concurrent use.
+type Scratch struct {
+	// slot is 1 + the index of the claimed slot in scratchSlots, or 0:
+	// an integer, so that claiming and releasing store no pointer, which
+	// would cost a write barrier while the garbage collector marks.
+	slot   uint32
+	pooled *scratchBuf // the buffer taken from the pool when the slot was busy
+}
+
+// buf returns the claimed buffer, claiming one first if needed.
+func (s *Scratch) buf() *scratchBuf {
+	if s.slot != 0 {
+		return &scratchSlots[s.slot-1].buf
+	}
+	if s.pooled != nil {
+		return s.pooled
+	}
+	var probe byte
+	// Goroutine stacks are at least 2 KiB apart.
+	i := uintptr(unsafe.Pointer(&probe)) >> 11 % uintptr(len(scratchSlots))
+	if scratchSlots[i].claimed.CompareAndSwap(0, 1) {
+		s.slot = uint32(i) + 1
+		return &scratchSlots[i].buf
+	}
+	s.pooled = scratchPool.Get().(*scratchBuf)
+	return s.pooled
+}
+
+// Release gives back the memory s holds, if any.
+func (s *Scratch) Release() {
+	if s.slot != 0 {
+		putScratch(&scratchSlots[s.slot-1].buf)
+		s.slot = 0
+	} else if s.pooled != nil {
+		putScratch(s.pooled)
+		s.pooled = nil
+	}
+}
+
 // putAD writes into dst, which has room for adLen(b) bytes, the associated
 // data of a value bound to b under k (what appendAD writes with k's
 // header), and returns it. The label and header go as one fixed-size block.
@@ -325,25 +374,31 @@ func (k *Key) Seal(plaintext []byte, b Binding) ([]byte, error) {
 }
 
 // sealText returns the text envelope as a freshly allocated byte slice (the
-// only allocation of the call for values that fit the pooled scratch).
-func (k *Key) sealText(plaintext []byte, b *Binding) ([]byte, error) {
-	sp := getScratch()
+// only allocation of the call for values that fit the scratch), using sp
+// as working memory.
+func (k *Key) sealText(sp *scratchBuf, plaintext []byte, b *Binding) ([]byte, error) {
 	bin, err := k.sealInto(sp, plaintext, b)
 	if err != nil {
-		putScratch(sp)
 		return nil, err
 	}
 	out := make([]byte, len(Prefix)+b64.EncodedLen(len(bin)))
 	copy(out, Prefix)
 	b64.Encode(out[len(Prefix):], bin)
-	putScratch(sp)
 	return out, nil
 }
 
 // SealString returns the text envelope of the string s bound to b.
 func (k *Key) SealString(s string, b Binding) (string, error) {
+	var sc Scratch
+	out, err := k.SealStringWith(&sc, s, b)
+	sc.Release()
+	return out, err
+}
+
+// SealStringWith is SealString working in sc.
+func (k *Key) SealStringWith(sc *Scratch, s string, b Binding) (string, error) {
 	// The AEAD only reads its plaintext, so viewing s as bytes is safe.
-	out, err := k.sealText(unsafe.Slice(unsafe.StringData(s), len(s)), &b)
+	out, err := k.sealText(sc.buf(), unsafe.Slice(unsafe.StringData(s), len(s)), &b)
 	if err != nil {
 		return "", err
 	}
@@ -352,7 +407,15 @@ func (k *Key) SealString(s string, b Binding) (string, error) {
 
 // SealBytes returns the text envelope of p bound to b, as bytes.
 func (k *Key) SealBytes(p []byte, b Binding) ([]byte, error) {
-	return k.sealText(p, &b)
+	var sc Scratch
+	out, err := k.sealText(sc.buf(), p, &b)
+	sc.Release()
+	return out, err
+}
+
+// SealBytesWith is SealBytes working in sc.
+func (k *Key) SealBytesWith(sc *Scratch, p []byte, b Binding) ([]byte, error) {
+	return k.sealText(sc.buf(), p, &b)
 }
 
 // Envelope is a parsed binary envelope. Its slices alias the parsed input.
@@ -579,13 +642,19 @@ func (k *Key) Open(bin []byte, b Binding) ([]byte, error) {
 // OpenString authenticates and decrypts the text envelope s bound to b and
 // returns the plaintext as a string.
 func (k *Key) OpenString(s string, b Binding) (string, error) {
-	return openString(unsafe.Slice(unsafe.StringData(s), len(s)), &b, k, nil)
+	var sc Scratch
+	out, err := openString(&sc, unsafe.Slice(unsafe.StringData(s), len(s)), &b, k, nil)
+	sc.Release()
+	return out, err
 }
 
 // OpenBytes authenticates and decrypts the text envelope s bound to b and
 // returns the plaintext in a new slice.
 func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
-	return openBytes(s, &b, k, nil)
+	var sc Scratch
+	out, err := openText(&sc, s, &b, k, nil)
+	sc.Release()
+	return out, err
 }
 
 // OpenStringFunc opens the text envelope s bound to b like OpenString, under
@@ -595,27 +664,38 @@ func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
 // envelope; an error from it is returned as it is. The Key key returns must
 // have the id it was asked for.
 func OpenStringFunc(s string, b Binding, key func(KeyID) (*Key, error)) (string, error) {
-	return openString(unsafe.Slice(unsafe.StringData(s), len(s)), &b, nil, key)
+	var sc Scratch
+	out, err := OpenStringFuncWith(&sc, s, b, key)
+	sc.Release()
+	return out, err
+}
+
+// OpenStringFuncWith is OpenStringFunc working in sc.
+func OpenStringFuncWith(sc *Scratch, s string, b Binding, key func(KeyID) (*Key, error)) (string, error) {
+	return openString(sc, unsafe.Slice(unsafe.StringData(s), len(s)), &b, nil, key)
 }
 
 // OpenBytesFunc is OpenStringFunc for a text envelope held in bytes; it
 // returns the plaintext in a new slice.
 func OpenBytesFunc(s []byte, b Binding, key func(KeyID) (*Key, error)) ([]byte, error) {
-	return openBytes(s, &b, nil, key)
+	var sc Scratch
+	out, err := openText(&sc, s, &b, nil, key)
+	sc.Release()
+	return out, err
+}
+
+// OpenBytesFuncWith is OpenBytesFunc working in sc.
+func OpenBytesFuncWith(sc *Scratch, s []byte, b Binding, key func(KeyID) (*Key, error)) ([]byte, error) {
+	return openText(sc, s, &b, nil, key)
 }
 
 // openString opens the text envelope text (the bytes of a string, only
 // read) under k, or under the key that key returns if k is nil, and returns
 // the plaintext as a string.
-func openString(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) (string, error) {
-	pt, err := openText(text, b, k, key)
+func openString(sc *Scratch, text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) (string, error) {
+	pt, err := openText(sc, text, b, k, key)
 	// pt is a fresh allocation nothing else refers to.
 	return unsafe.String(unsafe.SliceData(pt), len(pt)), err
-}
-
-// openBytes is openString returning the plaintext in a new slice.
-func openBytes(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
-	return openText(text, b, k, key)
 }
 
 // openText decodes and opens the text envelope text bound to b under k, or
@@ -623,7 +703,7 @@ func openBytes(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) (
 // returns the plaintext in a new slice (nil if it is empty). It decodes
 // into scratch and decrypts straight into the result, so that no
 // plaintext is left in the scratch.
-func openText(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
+func openText(sc *Scratch, text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([]byte, error) {
 	if len(text) > maxText {
 		return nil, checkTextLen(len(text))
 	}
@@ -636,7 +716,7 @@ func openText(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([
 	// the associated data for what putAD would write.
 	n := b64.DecodedLen(len(body))
 	a := adLen(b)
-	sp := getScratch()
+	sp := sc.buf()
 	if cap(sp.b) < n+decodeSlack+a {
 		sp.b = make([]byte, 0, n+decodeSlack+a)
 	}
@@ -645,23 +725,19 @@ func openText(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([
 	// The decoder skips CR and LF; a body holding any decodes to fewer
 	// bytes than its length implies. Refusing it keeps the form canonical.
 	if err != nil || b64.EncodedLen(m) != len(body) || m < Overhead || buf[0] != Version1 || buf[1] != AlgAES256GCM {
-		putScratch(sp)
 		return nil, malformed(body)
 	}
 	bin := buf[:m]
 	id := KeyID(bin[2:HeaderSize])
 	if k == nil {
 		if k, err = key(id); err != nil {
-			putScratch(sp)
 			return nil, err
 		}
 	}
 	if err := b.valid(); err != nil {
-		putScratch(sp)
 		return nil, err
 	}
 	if k.id != id {
-		putScratch(sp)
 		return nil, fmt.Errorf("%w: envelope is sealed under DEK %s, not %s", ErrUnknownKey, id, k.id)
 	}
 	// The header is version 1, AES-GCM and k's id: k's own.
@@ -671,7 +747,6 @@ func openText(text []byte, b *Binding, k *Key, key func(KeyID) (*Key, error)) ([
 		dst = make([]byte, 0, ptLen)
 	}
 	pt, err := k.aead.Open(dst, nil, bin[HeaderSize:], ad)
-	putScratch(sp)
 	if err != nil {
 		return nil, fmt.Errorf("%w: field %q", ErrTampered, b.Path)
 	}

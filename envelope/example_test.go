@@ -62,3 +62,32 @@ func ExampleTextKeyID() {
 	fmt.Println(id == key.ID())
 	// Output: true
 }
+
+// A Scratch serves the values of one record, claimed once for all of them.
+func ExampleScratch() {
+	secret := make([]byte, envelope.KeySize)
+	rand.Read(secret)
+	key, err := envelope.NewKey(envelope.NewKeyID(), secret)
+	if err != nil {
+		log.Fatal(err)
+	}
+	record := map[string]string{"Email": "alice@example.com", "Phone": "+49 30 1234"}
+
+	var sc envelope.Scratch
+	defer sc.Release()
+	for _, path := range []string{"Email", "Phone"} {
+		b := envelope.Binding{Path: path, Subject: "user-42"}
+		text, err := key.SealStringWith(&sc, record[path], b)
+		if err != nil {
+			log.Fatal(err)
+		}
+		plaintext, err := envelope.OpenStringFuncWith(&sc, text, b, func(envelope.KeyID) (*envelope.Key, error) { return key, nil })
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(path, plaintext)
+	}
+	// Output:
+	// Email alice@example.com
+	// Phone +49 30 1234
+}
