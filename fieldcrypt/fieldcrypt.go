@@ -253,10 +253,13 @@ type walker struct {
 	dekChecked bool
 	aux        []*keystore.AuxKey // current index and deterministic keys used by this call
 	looked     bool               // openKey was called by the last openOnce
-	writes     []write
-	targets    []target // alias check scratch
-	depth      int
-	seen       map[seenKey]struct{} // beyond cycleCheckDepth: pointers on the way
+	// scratch is the flat path's working memory for all the record's
+	// values, claimed by the first and released once all are done.
+	scratch envelope.Scratch
+	writes  []write
+	targets []target // alias check scratch
+	depth   int
+	seen    map[seenKey]struct{} // beyond cycleCheckDepth: pointers on the way
 }
 
 type seenKey struct {
@@ -426,9 +429,11 @@ func (c *Crypter) runFlat(ctx context.Context, v any, rec unsafe.Pointer, p *pla
 			outB[i], set[i], err = w.flatBytes(b, f.node)
 		}
 		if err != nil {
+			w.scratch.Release()
 			return false, err
 		}
 	}
+	w.scratch.Release()
 	for i := range p.flat {
 		if !set[i] {
 			continue
@@ -455,6 +460,7 @@ func (w *walker) flatOne(rec unsafe.Pointer, f *flatField) (bool, error) {
 			return false, nil
 		}
 		out, ok, err := w.flatString(s, f.node)
+		w.scratch.Release()
 		if ok {
 			*(*string)(ptr) = out
 		}
@@ -465,6 +471,7 @@ func (w *walker) flatOne(rec unsafe.Pointer, f *flatField) (bool, error) {
 		return false, nil
 	}
 	out, ok, err := w.flatBytes(b, f.node)
+	w.scratch.Release()
 	if ok {
 		*(*[]byte)(ptr) = out
 	}
@@ -478,7 +485,7 @@ func (w *walker) flatOne(rec unsafe.Pointer, f *flatField) (bool, error) {
 func (w *walker) flatString(s string, n *node) (string, bool, error) {
 	if w.encrypt {
 		if len(s) < minDetText || !envelope.IsText(s) {
-			out, err := w.dek.SealString(s, envelope.Binding{Path: n.path, Subject: w.subject})
+			out, err := w.dek.SealStringWith(&w.scratch, s, envelope.Binding{Path: n.path, Subject: w.subject})
 			if err != nil {
 				return "", false, w.fail(n, "", "", err)
 			}
@@ -486,7 +493,7 @@ func (w *walker) flatString(s string, n *node) (string, bool, error) {
 		}
 	} else if len(s) >= minText && envelope.IsText(s) {
 		w.looked = false
-		out, err := envelope.OpenStringFunc(s, envelope.Binding{Path: n.path, Subject: w.subject}, w.openKey)
+		out, err := envelope.OpenStringFuncWith(&w.scratch, s, envelope.Binding{Path: n.path, Subject: w.subject}, w.openKey)
 		if w.looked {
 			if err != nil {
 				return "", false, openErr(w, s, n, "", err)
@@ -501,7 +508,7 @@ func (w *walker) flatString(s string, n *node) (string, bool, error) {
 func (w *walker) flatBytes(s []byte, n *node) ([]byte, bool, error) {
 	if w.encrypt {
 		if len(s) < minDetText || !envelope.IsText(s) {
-			out, err := w.dek.SealBytes(s, envelope.Binding{Path: n.path, Subject: w.subject})
+			out, err := w.dek.SealBytesWith(&w.scratch, s, envelope.Binding{Path: n.path, Subject: w.subject})
 			if err != nil {
 				return nil, false, w.fail(n, "", "", err)
 			}
@@ -509,7 +516,7 @@ func (w *walker) flatBytes(s []byte, n *node) ([]byte, bool, error) {
 		}
 	} else if len(s) >= minText && envelope.IsText(s) {
 		w.looked = false
-		out, err := envelope.OpenBytesFunc(s, envelope.Binding{Path: n.path, Subject: w.subject}, w.openKey)
+		out, err := envelope.OpenBytesFuncWith(&w.scratch, s, envelope.Binding{Path: n.path, Subject: w.subject}, w.openKey)
 		if w.looked {
 			if err != nil {
 				return nil, false, openErr(w, s, n, "", err)
