@@ -96,6 +96,21 @@ func runSizes(b *testing.B, sizes []int, mk func(c *zonekey.Client, n int) (benc
 	}
 }
 
+// perSize runs, as a sub-benchmark per size, the op that mk makes for an
+// n-byte value, with allocations and bytes of plaintext reported.
+func perSize(b *testing.B, sizes []int, mk func(n int) (op func(*testing.B))) {
+	for _, n := range sizes {
+		op := mk(n)
+		b.Run(sizeName(n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				op(b)
+			}
+		})
+	}
+}
+
 // BenchmarkFieldEncrypt encrypts a OneField record (one string field) with
 // zonekey.Client, its DEK cached: the hot path.
 func BenchmarkFieldEncrypt(b *testing.B) {
@@ -175,39 +190,31 @@ func envelopeKey(b *testing.B) *envelope.Key {
 func BenchmarkEnvelopeSeal(b *testing.B) {
 	k := envelopeKey(b)
 	bind := envelope.Binding{Path: bench.OneFieldPath, Subject: bench.Subject(0)}
-	for _, n := range fieldSizes {
+	perSize(b, fieldSizes, func(n int) func(*testing.B) {
 		pt := bench.Text(n, 0)
-		b.Run(sizeName(n), func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(n))
-			for b.Loop() {
-				if _, err := k.SealString(pt, bind); err != nil {
-					b.Fatal(err)
-				}
+		return func(b *testing.B) {
+			if _, err := k.SealString(pt, bind); err != nil {
+				b.Fatal(err)
 			}
-		})
-	}
+		}
+	})
 }
 
 // BenchmarkEnvelopeOpen opens one value with package envelope directly.
 func BenchmarkEnvelopeOpen(b *testing.B) {
 	k := envelopeKey(b)
 	bind := envelope.Binding{Path: bench.OneFieldPath, Subject: bench.Subject(0)}
-	for _, n := range fieldSizes {
+	perSize(b, fieldSizes, func(n int) func(*testing.B) {
 		ct, err := k.SealString(bench.Text(n, 0), bind)
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Run(sizeName(n), func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(n))
-			for b.Loop() {
-				if _, err := k.OpenString(ct, bind); err != nil {
-					b.Fatal(err)
-				}
+		return func(b *testing.B) {
+			if _, err := k.OpenString(ct, bind); err != nil {
+				b.Fatal(err)
 			}
-		})
-	}
+		}
+	})
 }
 
 // tinkAEAD returns a Tink AEAD primitive of a fresh AES256GCM keyset.
@@ -266,31 +273,19 @@ func (tf tinkField) decrypt(b *testing.B, a tink.AEAD) string {
 // same size, and base64url of the result.
 func BenchmarkTinkEncrypt(b *testing.B) {
 	a := tinkAEAD(b)
-	for _, n := range fieldSizes {
+	perSize(b, fieldSizes, func(n int) func(*testing.B) {
 		tf := newTinkField(b, a, bench.FieldSpec{Path: bench.OneFieldPath, Size: n})
-		b.Run(sizeName(n), func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(n))
-			for b.Loop() {
-				tf.encrypt(b, a)
-			}
-		})
-	}
+		return func(b *testing.B) { tf.encrypt(b, a) }
+	})
 }
 
 // BenchmarkTinkDecrypt is the Tink baseline of BenchmarkFieldDecrypt.
 func BenchmarkTinkDecrypt(b *testing.B) {
 	a := tinkAEAD(b)
-	for _, n := range fieldSizes {
+	perSize(b, fieldSizes, func(n int) func(*testing.B) {
 		tf := newTinkField(b, a, bench.FieldSpec{Path: bench.OneFieldPath, Size: n})
-		b.Run(sizeName(n), func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(n))
-			for b.Loop() {
-				tf.decrypt(b, a)
-			}
-		})
-	}
+		return func(b *testing.B) { tf.decrypt(b, a) }
+	})
 }
 
 // BenchmarkTinkStructEncrypt is the Tink baseline of BenchmarkStructEncrypt:
@@ -363,18 +358,14 @@ func BenchmarkIndexTerm(b *testing.B) {
 func BenchmarkIndexTerms(b *testing.B) {
 	c := hotClient(b)
 	ctx := context.Background()
-	for _, n := range searchSizes {
+	perSize(b, searchSizes, func(n int) func(*testing.B) {
 		value := bench.Text(n, 0)
-		b.Run(sizeName(n), func(b *testing.B) {
-			b.ReportAllocs()
-			b.SetBytes(int64(n))
-			for b.Loop() {
-				if _, err := c.IndexTerms(ctx, bench.Zone, (*bench.Indexed)(nil), bench.IndexedIndex, value); err != nil {
-					b.Fatal(err)
-				}
+		return func(b *testing.B) {
+			if _, err := c.IndexTerms(ctx, bench.Zone, (*bench.Indexed)(nil), bench.IndexedIndex, value); err != nil {
+				b.Fatal(err)
 			}
-		})
-	}
+		}
+	})
 }
 
 // BenchmarkFloorHMAC is the floor of BenchmarkIndexTerm: one reused
