@@ -136,6 +136,34 @@ type RotationStore interface {
 	UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKeyVersion uint32, prevWrapped []byte, wrapped []byte, zoneKeyVersion uint32) error
 }
 
+// DEKWrapUpdate is one rewrap of a batch (BatchRotationStore): the
+// arguments of RotationStore.UpdateDEKWrap for the DEK ID.
+type DEKWrapUpdate struct {
+	ID                 envelope.KeyID
+	PrevZoneKeyVersion uint32
+	PrevWrapped        []byte
+	Wrapped            []byte
+	ZoneKeyVersion     uint32
+}
+
+// BatchRotationStore is a RotationStore that applies many DEK rewraps in
+// one transaction. A zone-key rotation or an epoch over a large zone then
+// commits (and, in the embedded store, syncs to disk) once per page of
+// rows instead of once per row. The keyring uses it when the Store has
+// it; packages boltstore and postgres implement it, and keystoretest
+// checks it.
+type BatchRotationStore interface {
+	RotationStore
+	// UpdateDEKWraps applies each update as UpdateDEKWrap would, all in
+	// one transaction, and returns one result per update, in order: nil,
+	// or the error UpdateDEKWrap would return for that update alone
+	// (ErrConflict, ErrUnknownKey, ErrInvalidValue), which does not stop
+	// the others. err is not nil only when the batch as a whole failed
+	// (a store error, a cancelled ctx, ErrClosed), and then none of its
+	// updates was applied.
+	UpdateDEKWraps(ctx context.Context, updates []DEKWrapUpdate) (results []error, err error)
+}
+
 // TombstoneKind says why a subject's DEK rows left a zone.
 type TombstoneKind uint8
 

@@ -1,6 +1,7 @@
 // Package boltstore is the embedded keystore.Store: one bbolt file on local
 // disk, for development, single-process services and the quickstart. It
-// implements keystore.RotationStore and keystore.LifecycleStore too.
+// implements keystore.RotationStore, keystore.BatchRotationStore and
+// keystore.LifecycleStore too.
 //
 // A bbolt file is opened by one process at a time (it takes an exclusive
 // file lock); services that run several instances share a keyring through
@@ -91,9 +92,10 @@ type Store struct {
 }
 
 var (
-	_ keystore.Store          = (*Store)(nil)
-	_ keystore.RotationStore  = (*Store)(nil)
-	_ keystore.LifecycleStore = (*Store)(nil)
+	_ keystore.Store              = (*Store)(nil)
+	_ keystore.RotationStore      = (*Store)(nil)
+	_ keystore.BatchRotationStore = (*Store)(nil)
+	_ keystore.LifecycleStore     = (*Store)(nil)
 )
 
 // Open opens or creates the keystore file at path (mode 0600, its directory
@@ -637,30 +639,71 @@ func (s *Store) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKe
 	if err := s.check(ctx); err != nil {
 		return err
 	}
-	if zoneKeyVersion == 0 || len(wrapped) == 0 {
+	u := keystore.DEKWrapUpdate{ID: id, PrevZoneKeyVersion: prevZoneKeyVersion, PrevWrapped: prevWrapped, Wrapped: wrapped, ZoneKeyVersion: zoneKeyVersion}
+	if err := checkRewrap(u); err != nil {
+		return err
+	}
+	return s.update(ctx, func(tx *bolt.Tx) error { return rewrapDEK(tx.Bucket(bucketDEKs), u) })
+}
+
+// UpdateDEKWraps implements keystore.BatchRotationStore: the updates in one
+// transaction, one disk sync.
+func (s *Store) UpdateDEKWraps(ctx context.Context, updates []keystore.DEKWrapUpdate) ([]error, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	results := make([]error, len(updates))
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDEKs)
+		for i, u := range updates {
+			if results[i] = checkRewrap(u); results[i] != nil {
+				continue
+			}
+			err := rewrapDEK(b, u)
+			if errors.Is(err, keystore.ErrConflict) || errors.Is(err, keystore.ErrUnknownKey) {
+				results[i] = err
+				continue
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+func checkRewrap(u keystore.DEKWrapUpdate) error {
+	if u.ZoneKeyVersion == 0 || len(u.Wrapped) == 0 {
 		return fmt.Errorf("%w: boltstore: a DEK rewrap needs a zone-key version and a wrapped key", keystore.ErrInvalidValue)
 	}
-	return s.update(ctx, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketDEKs)
-		v := b.Get(id[:])
-		if v == nil {
-			return fmt.Errorf("%w: DEK %s", keystore.ErrUnknownKey, id)
-		}
-		row, err := decodeDEK(v)
-		if err != nil {
-			return err
-		}
-		if row.ID != id {
-			return fmt.Errorf("%w: corrupt DEK row: stored under id %s, holds DEK %s", keystore.ErrStore, id, row.ID)
-		}
-		if row.ZoneKeyVersion != prevZoneKeyVersion || !bytes.Equal(row.Wrapped, prevWrapped) {
-			return fmt.Errorf("%w: DEK %s was rewrapped by another process", keystore.ErrConflict, id)
-		}
-		row.Wrapped, row.ZoneKeyVersion, row.KEKVersion = wrapped, zoneKeyVersion, 0
-		nv, err := encodeDEK(row)
-		if err != nil {
-			return err
-		}
-		return b.Put(id[:], nv)
-	})
+	return nil
+}
+
+// rewrapDEK applies u to the DEK bucket b.
+func rewrapDEK(b *bolt.Bucket, u keystore.DEKWrapUpdate) error {
+	id := u.ID
+	v := b.Get(id[:])
+	if v == nil {
+		return fmt.Errorf("%w: DEK %s", keystore.ErrUnknownKey, id)
+	}
+	row, err := decodeDEK(v)
+	if err != nil {
+		return err
+	}
+	if row.ID != id {
+		return fmt.Errorf("%w: corrupt DEK row: stored under id %s, holds DEK %s", keystore.ErrStore, id, row.ID)
+	}
+	if row.ZoneKeyVersion != u.PrevZoneKeyVersion || !bytes.Equal(row.Wrapped, u.PrevWrapped) {
+		return fmt.Errorf("%w: DEK %s was rewrapped by another process", keystore.ErrConflict, id)
+	}
+	row.Wrapped, row.ZoneKeyVersion, row.KEKVersion = u.Wrapped, u.ZoneKeyVersion, 0
+	nv, err := encodeDEK(row)
+	if err != nil {
+		return err
+	}
+	return b.Put(id[:], nv)
 }

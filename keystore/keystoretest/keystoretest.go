@@ -49,6 +49,11 @@
 //     another zone, whatever the limit, also while the rows are updated
 //     during the scan; limit ≤ 0 is [keystore.ErrInvalidValue]. A store may
 //     end with an empty page, but a page never holds more than limit rows.
+//   - UpdateDEKWraps, for a store that implements
+//     [keystore.BatchRotationStore] (skipped otherwise), gives each update
+//     of a batch the result UpdateDEKWrap would give it alone, applies the
+//     successful ones whatever the others' results, and applies none when
+//     the batch fails as a whole (a cancelled context, a closed store).
 //
 // The Lifecycle subtests check [keystore.LifecycleStore], which shredding,
 // moving subjects and key epochs need; they are skipped for a store that
@@ -142,6 +147,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"Rotation/ZoneKeys", testZoneKeys},
 		{"Rotation/UpdateZoneKeyWrap", testUpdateZoneKeyWrap},
 		{"Rotation/UpdateDEKWrap", testUpdateDEKWrap},
+		{"Rotation/UpdateDEKWraps", testUpdateDEKWraps},
 		{"Rotation/ConcurrentUpdates", testConcurrentUpdates},
 		{"Rotation/ScanDEKs", testScanDEKs},
 		{"Rotation/ScanWhileUpdating", testScanWhileUpdating},
@@ -1248,6 +1254,95 @@ func testUpdateZoneKeyWrap(t *testing.T, h Harness) {
 	got, err := s.ZoneKey(ctx, "eu", 1)
 	require.NoError(t, err)
 	requireZoneKey(t, want2, got, "after reopening")
+}
+
+func testUpdateDEKWraps(t *testing.T, h Harness) {
+	ctx := t.Context()
+	s := store(t, h)
+	bs, ok := s.(keystore.BatchRotationStore)
+	if !ok {
+		t.Skipf("%T does not implement keystore.BatchRotationStore", s)
+	}
+	rows := []keystore.DEKRow{dek(t, "eu", "a", 1), dek(t, "eu", "b", 1), dek(t, "eu", "c", 1), dek(t, "us", "a", 1), dek(t, "eu", "d", 1)}
+	for _, row := range rows {
+		createDEK(t, s, row)
+	}
+	rewrapped := func(row keystore.DEKRow, wrapped []byte, v uint32) keystore.DEKRow {
+		row.Wrapped, row.ZoneKeyVersion = wrapped, v
+		return row
+	}
+	update := func(row keystore.DEKRow, wrapped []byte, v uint32) keystore.DEKWrapUpdate {
+		return keystore.DEKWrapUpdate{ID: row.ID, PrevZoneKeyVersion: row.ZoneKeyVersion, PrevWrapped: bytes.Clone(row.Wrapped), Wrapped: bytes.Clone(wrapped), ZoneKeyVersion: v}
+	}
+
+	// An empty batch does nothing.
+	results, err := bs.UpdateDEKWraps(ctx, nil)
+	require.NoError(t, err)
+	require.Empty(t, results)
+
+	// Each update gets its own result; the successful ones apply.
+	w := [][]byte{randomBytes(t, 60), randomBytes(t, 60), randomBytes(t, 60), randomBytes(t, 60)}
+	stale := update(rows[2], w[2], 5)
+	stale.PrevWrapped = bytes.Clone(rows[1].Wrapped) // not c's: a conflict
+	missing := envelope.NewKeyID()
+	updates := []keystore.DEKWrapUpdate{
+		update(rows[0], w[0], 5),
+		update(rows[1], w[1], 5),
+		stale,
+		{ID: missing, PrevZoneKeyVersion: 1, Wrapped: randomBytes(t, 60), ZoneKeyVersion: 2},
+		update(rows[3], w[3], 9), // another zone: a batch is not bound to one
+		update(rows[4], nil, 5),  // invalid
+	}
+	results, err = bs.UpdateDEKWraps(ctx, updates)
+	require.NoError(t, err)
+	require.Len(t, results, len(updates))
+	require.NoError(t, results[0])
+	require.NoError(t, results[1])
+	require.ErrorIs(t, results[2], keystore.ErrConflict)
+	require.ErrorIs(t, results[3], keystore.ErrUnknownKey)
+	require.NoError(t, results[4])
+	require.ErrorIs(t, results[5], keystore.ErrInvalidValue)
+	requireUnknownDEK(t, s, missing)
+	want := []keystore.DEKRow{rewrapped(rows[0], w[0], 5), rewrapped(rows[1], w[1], 5), rows[2], rewrapped(rows[3], w[3], 9), rows[4]}
+	for _, row := range want {
+		got, err := s.DEK(ctx, row.ID)
+		require.NoError(t, err)
+		requireDEK(t, row, got, "DEK of (%q, %q) after the batch", row.Zone, row.Subject)
+	}
+
+	// The same batch again: the applied updates now conflict.
+	results, err = bs.UpdateDEKWraps(ctx, updates[:2])
+	require.NoError(t, err)
+	require.ErrorIs(t, results[0], keystore.ErrConflict)
+	require.ErrorIs(t, results[1], keystore.ErrConflict)
+
+	// A pending row is adopted as by UpdateDEKWrap.
+	if _, ok := s.(keystore.LifecycleStore); ok {
+		pending := dek(t, "eu", "p", 1)
+		pending.ZoneKeyVersion, pending.KEKVersion = 0, 3
+		createDEK(t, s, pending)
+		aw := randomBytes(t, 60)
+		results, err = bs.UpdateDEKWraps(ctx, []keystore.DEKWrapUpdate{update(pending, aw, 6)})
+		require.NoError(t, err)
+		require.NoError(t, results[0])
+		got, err := s.DEK(ctx, pending.ID)
+		require.NoError(t, err)
+		adopted := rewrapped(pending, aw, 6)
+		adopted.KEKVersion = 0
+		requireDEK(t, adopted, got, "the adopted pending row")
+	}
+
+	// A batch that fails as a whole applies nothing.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = bs.UpdateDEKWraps(cancelled, []keystore.DEKWrapUpdate{update(want[4], randomBytes(t, 60), 7)})
+	require.ErrorIs(t, err, context.Canceled)
+	got, err := s.DEK(ctx, rows[4].ID)
+	require.NoError(t, err)
+	requireDEK(t, rows[4], got, "after a cancelled batch")
+	require.NoError(t, s.Close())
+	_, err = bs.UpdateDEKWraps(ctx, []keystore.DEKWrapUpdate{update(want[4], randomBytes(t, 60), 7)})
+	require.ErrorIs(t, err, keystore.ErrClosed)
 }
 
 func testUpdateDEKWrap(t *testing.T, h Harness) {

@@ -116,7 +116,8 @@
 // that finds the row already at its new wrap (the first attempt committed)
 // succeeds. ScanDEKs pages through a zone's DEKs by (subject, generation) on
 // the unique index, which rewraps do not change, at most [MaxScanPage] rows a
-// page.
+// page. Store also implements keystore.BatchRotationStore: a page's rewraps
+// go as one pipelined batch of those UPDATEs in one transaction.
 //
 // # Shredding, moving and epochs
 //

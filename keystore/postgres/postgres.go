@@ -97,9 +97,10 @@ type Store struct {
 }
 
 var (
-	_ keystore.Store          = (*Store)(nil)
-	_ keystore.RotationStore  = (*Store)(nil)
-	_ keystore.LifecycleStore = (*Store)(nil)
+	_ keystore.Store              = (*Store)(nil)
+	_ keystore.RotationStore      = (*Store)(nil)
+	_ keystore.BatchRotationStore = (*Store)(nil)
+	_ keystore.LifecycleStore     = (*Store)(nil)
 )
 
 // Open connects to the database that dsn names, migrates the store's schema

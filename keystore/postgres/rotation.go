@@ -90,6 +90,75 @@ func (s *Store) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevZoneKe
 	})
 }
 
+// UpdateDEKWraps implements keystore.BatchRotationStore: the updates are
+// sent as one pipelined batch in one transaction, then the rows of those
+// that updated nothing are read to tell a missing row from a conflict, or,
+// after a lost connection, from an update the first attempt committed.
+func (s *Store) UpdateDEKWraps(ctx context.Context, updates []keystore.DEKWrapUpdate) ([]error, error) {
+	op := fmt.Sprintf("rewrapping %d DEKs", len(updates))
+	if err := s.check(ctx, op); err != nil {
+		return nil, err
+	}
+	results := make([]error, len(updates))
+	var valid []int
+	for i, u := range updates {
+		if u.ZoneKeyVersion == 0 || len(u.Wrapped) == 0 {
+			results[i] = fmt.Errorf("%w: postgres: a DEK rewrap needs a zone-key version and a wrapped key", keystore.ErrInvalidValue)
+			continue
+		}
+		valid = append(valid, i)
+	}
+	if len(valid) == 0 {
+		return results, nil
+	}
+	err := s.inTx(ctx, op, func(ctx context.Context, tx pgx.Tx, retry bool) error {
+		b := &pgx.Batch{}
+		for _, i := range valid {
+			u := updates[i]
+			b.Queue(s.sqlUpdateDEKWrap, u.ID[:], int64(u.PrevZoneKeyVersion), nonNil(u.PrevWrapped), u.Wrapped, int64(u.ZoneKeyVersion))
+		}
+		br := tx.SendBatch(ctx, b)
+		var missed []int
+		for _, i := range valid {
+			tag, err := br.Exec()
+			if err != nil {
+				br.Close()
+				return err
+			}
+			results[i] = nil
+			if tag.RowsAffected() == 0 {
+				missed = append(missed, i)
+			}
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		for _, i := range missed {
+			u := updates[i]
+			var (
+				got      []byte
+				zkv, kek int64
+			)
+			err := tx.QueryRow(ctx, s.sqlDEKWrap, u.ID[:]).Scan(&got, &zkv, &kek)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				results[i] = fmt.Errorf("%w: DEK %s", keystore.ErrUnknownKey, u.ID)
+			case err != nil:
+				return err
+			case retry && bytes.Equal(got, u.Wrapped) && zkv == int64(u.ZoneKeyVersion) && kek == 0:
+				// committed by the attempt whose connection was lost
+			default:
+				results[i] = fmt.Errorf("%w: DEK %s was rewrapped by another process", keystore.ErrConflict, u.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
 // compareAndSwap runs a rewrap: an UPDATE whose WHERE holds the row's key
 // and its previous wrap. When it updates no row, swapped reads the row: it
 // fails with ErrUnknownKey if there is none, and reports whether the row

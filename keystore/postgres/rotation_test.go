@@ -125,6 +125,41 @@ func TestRewrapCommittedButUnacknowledged(t *testing.T) {
 	require.ErrorIs(t, err, keystore.ErrConflict)
 	err = s.UpdateDEKWrap(t.Context(), d.ID, d.ZoneKeyVersion, d.Wrapped, []byte("w2"), d.ZoneKeyVersion+1)
 	require.ErrorIs(t, err, keystore.ErrConflict)
+
+	// A batch whose commit is lost: the retry finds its rewraps applied
+	// and reports each as done, and the update that conflicted in the
+	// lost attempt as a conflict again.
+	a, b := newDEK("eu", "bob", 1), newDEK("eu", "carol", 1)
+	require.NoError(t, s.CreateDEK(t.Context(), a))
+	require.NoError(t, s.CreateDEK(t.Context(), b))
+	updates := []keystore.DEKWrapUpdate{
+		{ID: a.ID, PrevZoneKeyVersion: a.ZoneKeyVersion, PrevWrapped: a.Wrapped, Wrapped: []byte("a2"), ZoneKeyVersion: a.ZoneKeyVersion + 1},
+		{ID: b.ID, PrevZoneKeyVersion: b.ZoneKeyVersion, PrevWrapped: []byte("stale"), Wrapped: []byte("b2"), ZoneKeyVersion: b.ZoneKeyVersion + 1},
+		{ID: d.ID, PrevZoneKeyVersion: d.ZoneKeyVersion + 1, PrevWrapped: []byte("w2"), Wrapped: []byte("w3"), ZoneKeyVersion: d.ZoneKeyVersion + 2},
+	}
+	p.cutAfter("COMMIT")
+	results, err := s.UpdateDEKWraps(t.Context(), updates)
+	require.NoError(t, err, "the retry recognises the batch the lost attempt committed")
+	require.Equal(t, int32(1), p.cuts.Swap(0), "the proxy cut the connection of the batch's commit")
+	require.NoError(t, results[0])
+	require.ErrorIs(t, results[1], keystore.ErrConflict)
+	require.NoError(t, results[2])
+	for _, want := range []struct {
+		id      envelope.KeyID
+		wrapped string
+		version uint32
+	}{{a.ID, "a2", a.ZoneKeyVersion + 1}, {b.ID, string(b.Wrapped), b.ZoneKeyVersion}, {d.ID, "w3", d.ZoneKeyVersion + 2}} {
+		got, err := s.DEK(t.Context(), want.id)
+		require.NoError(t, err)
+		require.Equal(t, want.wrapped, string(got.Wrapped))
+		require.Equal(t, want.version, got.ZoneKeyVersion)
+	}
+	// Without a lost connection, the same batch conflicts throughout.
+	results, err = s.UpdateDEKWraps(t.Context(), updates)
+	require.NoError(t, err)
+	for i, r := range results {
+		require.ErrorIs(t, r, keystore.ErrConflict, "update %d", i)
+	}
 }
 
 // TestKeyringRotation rotates the KEK and the zone key of a keyring over the
