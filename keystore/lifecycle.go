@@ -915,14 +915,10 @@ func (e *epochRun) rewrapAll(ctx context.Context, res *EpochResult, target uint3
 		if err != nil {
 			return fmt.Errorf("zone %q: epoch %d: %w", e.zone, e.cur.Number, err)
 		}
-		for _, row := range rows {
-			ok, err := e.rewrapDEK(ctx, row, target)
-			if err != nil {
-				return fmt.Errorf("zone %q: epoch %d: %w", e.zone, e.cur.Number, err)
-			}
-			if ok {
-				res.Rewrapped++
-			}
+		n, err := e.rewrapDEKs(ctx, rows, target)
+		res.Rewrapped += n
+		if err != nil {
+			return fmt.Errorf("zone %q: epoch %d: %w", e.zone, e.cur.Number, err)
 		}
 		done += len(rows)
 		total = max(total, done)

@@ -429,14 +429,10 @@ func (k *Keyring) RotateZoneKey(ctx context.Context, zone string, opts ZoneKeyRo
 		if err != nil {
 			return res, fmt.Errorf("zone %q: rotating to zone key v%d: %w", zone, target, err)
 		}
-		for _, row := range rows {
-			done, err := r.rewrapDEK(ctx, row, target)
-			if err != nil {
-				return res, fmt.Errorf("zone %q: rotating to zone key v%d: %w", zone, target, err)
-			}
-			if done {
-				res.Rewrapped++
-			}
+		n, err := r.rewrapDEKs(ctx, rows, target)
+		res.Rewrapped += n
+		if err != nil {
+			return res, fmt.Errorf("zone %q: rotating to zone key v%d: %w", zone, target, err)
 		}
 		res.Scanned += len(rows)
 		total = max(total, res.Scanned)
@@ -484,6 +480,86 @@ func (r *rotation) advance(v uint32) {
 	if r.zs.current <= v {
 		r.zs.current, r.zs.currentExpires = v, r.k.now().Add(r.k.cfg.ZoneKeyTTL)
 	}
+}
+
+// rewrapDEKs rewraps the DEK rows of a page under zone-key version target
+// and returns how many it rewrapped (rows already at target or newer, or
+// deleted meanwhile, are not). With a BatchRotationStore the page is
+// written in one transaction: each row's new wrap is computed and its
+// event audited first, as rewrapDEK does, then all are updated at once,
+// and a row some other process rewrapped meanwhile goes through rewrapDEK
+// again from what the store now holds.
+func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32) (int, error) {
+	bs, ok := r.rs.(BatchRotationStore)
+	if !ok || len(rows) < 2 {
+		n := 0
+		for _, row := range rows {
+			done, err := r.rewrapDEK(ctx, row, target)
+			if err != nil {
+				return n, err
+			}
+			if done {
+				n++
+			}
+		}
+		return n, nil
+	}
+	var updates []DEKWrapUpdate
+	for _, row := range rows {
+		if row.Zone != r.zone {
+			return 0, fmt.Errorf("%w: store returned DEK %s of zone %q scanning zone %q", ErrTampered, row.ID, row.Zone, r.zone)
+		}
+		if row.ZoneKeyVersion >= target {
+			continue
+		}
+		wrapped, err := r.rewrapDEKSecret(ctx, row, target)
+		if err != nil {
+			return 0, err
+		}
+		ev := audit.Event{Action: audit.Rewrap, Decision: audit.Allow, Subject: row.Subject, DEK: row.ID.String(), ZoneKeyVersion: target}
+		if err := r.record(ctx, ev); err != nil {
+			return 0, err
+		}
+		updates = append(updates, DEKWrapUpdate{ID: row.ID, PrevZoneKeyVersion: row.ZoneKeyVersion, PrevWrapped: row.Wrapped, Wrapped: wrapped, ZoneKeyVersion: target})
+	}
+	if len(updates) == 0 {
+		return 0, nil
+	}
+	results, err := bs.UpdateDEKWraps(ctx, updates)
+	if err != nil {
+		return 0, err
+	}
+	if len(results) != len(updates) {
+		return 0, fmt.Errorf("%w: store returned %d results for %d DEK rewraps", ErrStore, len(results), len(updates))
+	}
+	n := 0
+	for i, err := range results {
+		id := updates[i].ID
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrUnknownKey):
+			// deleted meanwhile (a shred): nothing to rewrap
+		case errors.Is(err, ErrConflict):
+			row, err := r.k.store.DEK(ctx, id)
+			if errors.Is(err, ErrUnknownKey) {
+				continue
+			}
+			if err != nil {
+				return n, fmt.Errorf("DEK %s: %w", id, err)
+			}
+			done, err := r.rewrapDEK(ctx, row, target)
+			if err != nil {
+				return n, err
+			}
+			if done {
+				n++
+			}
+		default:
+			return n, fmt.Errorf("DEK %s: %w", id, err)
+		}
+	}
+	return n, nil
 }
 
 // rewrapDEK rewraps one DEK row under zone-key version target. It reports

@@ -426,6 +426,13 @@ func (s *meetingStore) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, pre
 	return s.Store.UpdateDEKWrap(ctx, id, prevVersion, prev, wrapped, version)
 }
 
+func (s *meetingStore) UpdateDEKWraps(ctx context.Context, updates []keystore.DEKWrapUpdate) ([]error, error) {
+	if err := s.meet(); err != nil {
+		return nil, err
+	}
+	return s.Store.UpdateDEKWraps(ctx, updates)
+}
+
 func (s *meetingStore) UpdateZoneKeyWrap(ctx context.Context, zone string, version uint32, prev, wrapped []byte, kekVersion uint32) error {
 	if err := s.meet(); err != nil {
 		return err
@@ -433,14 +440,35 @@ func (s *meetingStore) UpdateZoneKeyWrap(ctx context.Context, zone string, versi
 	return s.Store.UpdateZoneKeyWrap(ctx, zone, version, prev, wrapped, kekVersion)
 }
 
+// rowByRow hides the batch update of the store it wraps, so that
+// rotations over it rewrap one row per update.
+type rowByRow struct {
+	keystore.Store
+	keystore.RotationStore
+}
+
+// Two rotations of one zone at once, from two keyrings: over a store that
+// rewraps a page in one batch, and over one that rewraps row by row.
 func TestRotateZoneKeyRace(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		store func(*meetingStore) keystore.Store
+	}{
+		{"batch", func(s *meetingStore) keystore.Store { return s }},
+		{"row by row", func(s *meetingStore) keystore.Store { return rowByRow{s, s} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testRotateZoneKeyRace(t, tc.store) })
+	}
+}
+
+func testRotateZoneKeyRace(t *testing.T, store func(*meetingStore) keystore.Store) {
 	const n = 300
 	e := newRotEnv(t)
 	recs := makeDEKs(t, e.keyring(t), "eu", "s", n)
 	m := newMeeting(2)
 	var keyrings [2]*keystore.Keyring
 	for i := range keyrings {
-		keyrings[i] = e.keyring(t, func(c *keystore.Config) { c.Store = &meetingStore{Store: e.store, m: m} })
+		keyrings[i] = e.keyring(t, func(c *keystore.Config) { c.Store = store(&meetingStore{Store: e.store, m: m}) })
 		// Each has seen version 1 as current.
 		recs = append(recs, makeDEKs(t, keyrings[i], "eu", fmt.Sprintf("keyring-%d", i), 1)...)
 	}
