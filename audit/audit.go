@@ -182,6 +182,35 @@ type Sink interface {
 	Record(ctx context.Context, e Event) error
 }
 
+// BatchSink is a Sink that makes several events durable at once. A key
+// rotation or epoch over a large zone records one event per rewrapped DEK
+// before it writes a page of rewraps; a FileSink then syncs its file once
+// per page instead of once per event.
+type BatchSink interface {
+	Sink
+	// RecordBatch records events in order, as a Record call for each
+	// would. An event that Record would refuse as invalid is refused
+	// before any is recorded. After another error some of the events may
+	// not be durable: a caller that must fail closed treats none of them
+	// as recorded.
+	RecordBatch(ctx context.Context, events []Event) error
+}
+
+// RecordBatch records events to s: in one RecordBatch call if s is a
+// BatchSink, otherwise with one Record call each, stopping at the first
+// error.
+func RecordBatch(ctx context.Context, s Sink, events []Event) error {
+	if bs, ok := s.(BatchSink); ok {
+		return bs.RecordBatch(ctx, events)
+	}
+	for _, e := range events {
+		if err := s.Record(ctx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Multi returns a Sink that records each event to every one of sinks, in
 // order, even when one fails; its error joins theirs (errors.Join), so it
 // fails when any of them fails. Nil sinks are skipped.
@@ -201,6 +230,18 @@ func (m multi) Record(ctx context.Context, e Event) error {
 	var errs []error
 	for _, s := range m {
 		if err := s.Record(ctx, e); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RecordBatch records the events to every sink, each as RecordBatch (the
+// function) would, even when one fails.
+func (m multi) RecordBatch(ctx context.Context, events []Event) error {
+	var errs []error
+	for _, s := range m {
+		if err := RecordBatch(ctx, s, events); err != nil {
 			errs = append(errs, err)
 		}
 	}

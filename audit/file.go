@@ -243,6 +243,40 @@ func (s *FileSink) Record(_ context.Context, e Event) error {
 	return s.syncThrough(seq)
 }
 
+// RecordBatch implements BatchSink: it checks every event first, writes
+// them in order, and then syncs once (or leaves it to the background
+// fsync of SyncEvery).
+func (s *FileSink) RecordBatch(_ context.Context, events []Event) error {
+	lines := make([][]byte, len(events))
+	now := time.Now()
+	for i := range events {
+		e := events[i]
+		if err := e.validate(); err != nil {
+			return err
+		}
+		if e.Time.IsZero() {
+			e.Time = now
+		}
+		ev, err := marshalEvent(&e)
+		if err != nil {
+			return err
+		}
+		lines[i] = ev
+	}
+	var last uint64
+	for i, ev := range lines {
+		seq, err := s.write(events[i].Action, ev)
+		if err != nil {
+			return err
+		}
+		last = seq
+	}
+	if len(lines) == 0 || s.every > 0 {
+		return nil
+	}
+	return s.syncThrough(last)
+}
+
 // write appends the line of an encoded event and returns its seq.
 func (s *FileSink) write(action Action, ev []byte) (uint64, error) {
 	s.mu.Lock()
