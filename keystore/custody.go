@@ -265,6 +265,23 @@ func (k *Keyring) record(ctx context.Context, c Caller, e audit.Event) error {
 	return nil
 }
 
+// recordBatch is record for several events at once, made durable together
+// (audit.RecordBatch).
+func (k *Keyring) recordBatch(ctx context.Context, c Caller, events []audit.Event) error {
+	if k.audit == nil || len(events) == 0 {
+		return nil
+	}
+	now := k.now().UTC()
+	for i := range events {
+		events[i].Time = now
+		events[i].Workload, events[i].Region, events[i].Issuer = c.Workload, c.Region, c.Issuer
+	}
+	if err := audit.RecordBatch(context.WithoutCancel(ctx), k.audit, events); err != nil {
+		return fmt.Errorf("%w: %v", ErrAudit, err)
+	}
+	return nil
+}
+
 // decisionCache holds the policy's latest allow decision of each zone that
 // asked for one, while it holds. Zones are few, so it is a copy-on-write
 // list scanned without a lock; a change copies it under mu.

@@ -485,10 +485,11 @@ func (r *rotation) advance(v uint32) {
 // rewrapDEKs rewraps the DEK rows of a page under zone-key version target
 // and returns how many it rewrapped (rows already at target or newer, or
 // deleted meanwhile, are not). With a BatchRotationStore the page is
-// written in one transaction: each row's new wrap is computed and its
-// event audited first, as rewrapDEK does, then all are updated at once,
-// and a row some other process rewrapped meanwhile goes through rewrapDEK
-// again from what the store now holds.
+// written in one transaction: the rows' new wraps are computed and their
+// events audited first (in one batch, audit.RecordBatch), as rewrapDEK
+// does for one, then all are updated at once, and a row some other
+// process rewrapped meanwhile goes through rewrapDEK again from what the
+// store now holds.
 func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32) (int, error) {
 	bs, ok := r.rs.(BatchRotationStore)
 	if !ok || len(rows) < 2 {
@@ -504,7 +505,10 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 		}
 		return n, nil
 	}
-	var updates []DEKWrapUpdate
+	var (
+		updates []DEKWrapUpdate
+		events  []audit.Event
+	)
 	for _, row := range rows {
 		if row.Zone != r.zone {
 			return 0, fmt.Errorf("%w: store returned DEK %s of zone %q scanning zone %q", ErrTampered, row.ID, row.Zone, r.zone)
@@ -516,14 +520,15 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 		if err != nil {
 			return 0, err
 		}
-		ev := audit.Event{Action: audit.Rewrap, Decision: audit.Allow, Subject: row.Subject, DEK: row.ID.String(), ZoneKeyVersion: target}
-		if err := r.record(ctx, ev); err != nil {
-			return 0, err
-		}
+		events = append(events, audit.Event{Action: audit.Rewrap, Decision: audit.Allow, Zone: r.zone, Subject: row.Subject, DEK: row.ID.String(), ZoneKeyVersion: target})
 		updates = append(updates, DEKWrapUpdate{ID: row.ID, PrevZoneKeyVersion: row.ZoneKeyVersion, PrevWrapped: row.Wrapped, Wrapped: wrapped, ZoneKeyVersion: target})
 	}
 	if len(updates) == 0 {
 		return 0, nil
+	}
+	// Audited before written, as one row's rewrap is, in one sync.
+	if err := r.k.recordBatch(ctx, r.caller, events); err != nil {
+		return 0, err
 	}
 	results, err := bs.UpdateDEKWraps(ctx, updates)
 	if err != nil {

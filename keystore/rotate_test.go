@@ -591,6 +591,7 @@ func TestRotationAudit(t *testing.T) {
 	}
 	for _, ev := range rewraps {
 		require.True(t, ids[ev.DEK], "event for DEK %s", ev.DEK)
+		require.Equal(t, "eu", ev.Zone)
 		require.Equal(t, uint32(2), ev.ZoneKeyVersion)
 		require.NotEmpty(t, ev.Subject)
 	}

@@ -4,6 +4,7 @@
 //
 //	go run ./bench/epoch -subjects 100000                  # embedded (bbolt) keystore
 //	go run ./bench/epoch -subjects 100000 -postgres DSN    # PostgreSQL keystore, in a fresh schema
+//	go run ./bench/epoch -subjects 100000 -audit           # with an audit file
 //
 // The KEK is a local file; a Vault or Cloud KMS custodian adds one
 // round trip per step (rotate, wrap, destroy), not per subject.
@@ -24,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/zonekey/zonekey/audit"
 	"github.com/zonekey/zonekey/keystore"
 	"github.com/zonekey/zonekey/keystore/boltstore"
 	"github.com/zonekey/zonekey/keystore/postgres"
@@ -36,6 +38,7 @@ func main() {
 	workers := flag.Int("workers", 16, "concurrent DEK creations while filling the zone")
 	batch := flag.Int("batch", keystore.DefaultRotationBatch, "DEK rows per batch of the epoch's rewrap")
 	dsn := flag.String("postgres", "", "PostgreSQL `DSN`: use a PostgreSQL keystore in a fresh schema instead of bbolt")
+	withAudit := flag.Bool("audit", false, "record audit events to a file (synced per event, per page of rewraps), as in production")
 	flag.Parse()
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "zonekey-epoch-")
@@ -81,7 +84,16 @@ func main() {
 		log.Fatal(err)
 	}
 	defer kek.Close()
-	k, err := keystore.New(keystore.Config{Store: store, Custodians: map[string]kms.Custodian{"eu": kek}, DEKCacheSize: 1024})
+	cfg := keystore.Config{Store: store, Custodians: map[string]kms.Custodian{"eu": kek}, DEKCacheSize: 1024}
+	if *withAudit {
+		f, err := audit.OpenFile(filepath.Join(dir, "audit.log"))
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer f.Close()
+		cfg.Audit, what = f, what+" with an audit file"
+	}
+	k, err := keystore.New(cfg)
 	if err != nil {
 		log.Fatal(err)
 	}
