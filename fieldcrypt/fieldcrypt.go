@@ -253,8 +253,9 @@ type walker struct {
 	dekChecked bool
 	aux        []*keystore.AuxKey // current index and deterministic keys used by this call
 	looked     bool               // openKey was called by the last openOnce
-	// scratch is the flat path's working memory for all the record's
-	// values, claimed by the first and released once all are done.
+	// scratch is the working memory of the envelope for all the
+	// record's values, claimed by the first and released once all are
+	// done (by runFlat, or release).
 	scratch envelope.Scratch
 	writes  []write
 	targets []target // alias check scratch
@@ -529,6 +530,7 @@ func (w *walker) flatBytes(s []byte, n *node) ([]byte, bool, error) {
 
 // release resets w and returns it to the pool.
 func (w *walker) release() {
+	w.scratch.Release()
 	clear(w.writes)
 	clear(w.targets)
 	clear(w.aux)
@@ -790,7 +792,8 @@ var (
 // leaf computes the new value of one non-empty string or []byte value s at
 // n; ok is false when the value is to stay as it is.
 func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
-	seal, open func(*envelope.Key, T, envelope.Binding) (T, error)) (out T, ok bool, err error) {
+	seal func(*envelope.Key, *envelope.Scratch, T, envelope.Binding) (T, error),
+	open func(*envelope.Key, T, envelope.Binding) (T, error)) (out T, ok bool, err error) {
 	b := w.binding(n, mapKey)
 	alg, id, sealed := looksSealed(s)
 	if sealed && alg != envelope.AlgAES256GCM {
@@ -810,7 +813,7 @@ func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
 			}
 			return out, false, nil
 		}
-		out, err = seal(w.dek.Key, s, b)
+		out, err = seal(w.dek.Key, &w.scratch, s, b)
 		if err != nil {
 			return out, false, w.fail(n, mapKey, "", err)
 		}
@@ -951,17 +954,18 @@ func (w *walker) aliasError(i, j int) error {
 // valueOps are the envelope operations on one kind of value, string or
 // []byte, so that one generic walk serves both.
 type valueOps[T string | []byte] struct {
-	seal, open       func(*envelope.Key, T, envelope.Binding) (T, error)
+	seal             func(*envelope.Key, *envelope.Scratch, T, envelope.Binding) (T, error)
+	open             func(*envelope.Key, T, envelope.Binding) (T, error)
 	detSeal, detOpen func(*envelope.DetKey, T, envelope.Binding) (T, error)
 }
 
 var (
 	stringOps = valueOps[string]{
-		seal: (*envelope.Key).SealString, open: (*envelope.Key).OpenString,
+		seal: (*envelope.Key).SealStringWith, open: (*envelope.Key).OpenString,
 		detSeal: (*envelope.DetKey).SealString, detOpen: (*envelope.DetKey).OpenString,
 	}
 	bytesOps = valueOps[[]byte]{
-		seal: (*envelope.Key).SealBytes, open: (*envelope.Key).OpenBytes,
+		seal: (*envelope.Key).SealBytesWith, open: (*envelope.Key).OpenBytes,
 		detSeal: (*envelope.DetKey).SealBytes, detOpen: (*envelope.DetKey).OpenBytes,
 	}
 )
@@ -1005,11 +1009,11 @@ func openOnce[T string | []byte](w *walker, s T, n *node, mapKey string) (out T,
 	switch v := any(s).(type) {
 	case string:
 		var o string
-		o, err = envelope.OpenStringFunc(v, w.binding(n, mapKey), w.openKey)
+		o, err = envelope.OpenStringFuncWith(&w.scratch, v, w.binding(n, mapKey), w.openKey)
 		out = T(o)
 	case []byte:
 		var o []byte
-		o, err = envelope.OpenBytesFunc(v, w.binding(n, mapKey), w.openKey)
+		o, err = envelope.OpenBytesFuncWith(&w.scratch, v, w.binding(n, mapKey), w.openKey)
 		out = T(o)
 	}
 	if !w.looked {
