@@ -18,11 +18,11 @@
 // zonekey.Client over the embedded keystore and a local custodian. The
 // floor of the record cases is the field floor over the same five values;
 // that of index-term one HMAC-SHA256 written as a new term string
-// (bench.HMACFloor). Every case is judged with the same budget. One
-// more case, a one-field record encrypted deterministically (det-encrypt,
-// against tink-go's AES-SIV and base64, bench.SIVFloor), is measured and
-// printed for information but does not decide the verdict: its floor
-// itself allocates eight times a value.
+// (bench.HMACFloor). Every case is judged with the same budget (or its own
+// ceiling, see -case-budget). One more case, a one-field record encrypted
+// deterministically (det-encrypt, against tink-go's AES-SIV and base64,
+// bench.SIVFloor), is measured and printed for information but does not
+// decide the verdict: its floor itself allocates eight times a value.
 //
 // -case-budget gives chosen cases a ratio of their own instead of -budget:
 // CI (.ci/run) uses it to hold the cases that do not meet the 1.2 target
