@@ -792,7 +792,6 @@ var (
 // leaf computes the new value of one non-empty string or []byte value s at
 // n; ok is false when the value is to stay as it is.
 func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
-	seal func(*envelope.Key, *envelope.Scratch, T, envelope.Binding) (T, error),
 	open func(*envelope.Key, T, envelope.Binding) (T, error)) (out T, ok bool, err error) {
 	b := w.binding(n, mapKey)
 	alg, id, sealed := looksSealed(s)
@@ -813,7 +812,7 @@ func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
 			}
 			return out, false, nil
 		}
-		out, err = seal(w.dek.Key, &w.scratch, s, b)
+		out, err = seal(w, s, b)
 		if err != nil {
 			return out, false, w.fail(n, mapKey, "", err)
 		}
@@ -835,6 +834,24 @@ func leaf[T string | []byte](w *walker, s T, n *node, mapKey string,
 		return out, false, w.fail(n, mapKey, dek.Zone, err)
 	}
 	return out, true, nil
+}
+
+// seal seals s bound to b under the record's DEK in the walker's scratch.
+// The envelope is called directly, not through a function value: a
+// pointer to the scratch passed to a function value escapes, and with it
+// the walker runFlat keeps on its stack.
+func seal[T string | []byte](w *walker, s T, b envelope.Binding) (out T, err error) {
+	switch v := any(s).(type) {
+	case string:
+		var o string
+		o, err = w.dek.SealStringWith(&w.scratch, v, b)
+		out = T(o)
+	case []byte:
+		var o []byte
+		o, err = w.dek.SealBytesWith(&w.scratch, v, b)
+		out = T(o)
+	}
+	return out, err
 }
 
 // plaintext is what Decrypt does with a value s at n that is not an
@@ -954,18 +971,17 @@ func (w *walker) aliasError(i, j int) error {
 // valueOps are the envelope operations on one kind of value, string or
 // []byte, so that one generic walk serves both.
 type valueOps[T string | []byte] struct {
-	seal             func(*envelope.Key, *envelope.Scratch, T, envelope.Binding) (T, error)
 	open             func(*envelope.Key, T, envelope.Binding) (T, error)
 	detSeal, detOpen func(*envelope.DetKey, T, envelope.Binding) (T, error)
 }
 
 var (
 	stringOps = valueOps[string]{
-		seal: (*envelope.Key).SealStringWith, open: (*envelope.Key).OpenString,
+		open:    (*envelope.Key).OpenString,
 		detSeal: (*envelope.DetKey).SealString, detOpen: (*envelope.DetKey).OpenString,
 	}
 	bytesOps = valueOps[[]byte]{
-		seal: (*envelope.Key).SealBytesWith, open: (*envelope.Key).OpenBytes,
+		open:    (*envelope.Key).OpenBytes,
 		detSeal: (*envelope.DetKey).SealBytes, detOpen: (*envelope.DetKey).OpenBytes,
 	}
 )
@@ -991,7 +1007,7 @@ func sealedValue[T string | []byte](w *walker, s T, n *node, mapKey string, ops 
 			return out, true, err
 		}
 	}
-	return leaf(w, s, n, mapKey, ops.seal, ops.open)
+	return leaf(w, s, n, mapKey, ops.open)
 }
 
 // openOnce is the decrypt leaf of a randomized value s at n, for
