@@ -163,3 +163,33 @@ func ExampleClient_IndexTerms() {
 	fmt.Println(len(terms), terms[0] == u.EmailIdx)
 	// Output: 1 true
 }
+
+// A lookup service computes terms for many values: one slice, reused, and
+// only the terms themselves are allocated.
+func ExampleClient_AppendIndexTerms() {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "zonekey-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	c, err := zonekey.Open(ctx, zonekey.Config{Dir: filepath.Join(dir, "ks"), Zones: zonekey.LocalZones(dir, "eu")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	var terms []string
+	for _, email := range []string{"alice@example.com", "bob@example.com"} {
+		terms, err = c.AppendIndexTerms(ctx, terms[:0], "eu", Customer{}, "EmailIdx", email)
+		if err != nil {
+			log.Fatal(err)
+		}
+		// SELECT … WHERE region = 'eu' AND email_idx = ANY(terms); decrypt
+		// the candidates and compare.
+		fmt.Println(email, len(terms))
+	}
+	// Output:
+	// alice@example.com 1
+	// bob@example.com 1
+}
