@@ -25,9 +25,10 @@
 // ([Custodian.Destroy]) rewrites the file without them, but the old bytes
 // may survive on disk (journaling and copy-on-write filesystems, SSD wear
 // levelling) and in backups of the file. Crypto-shredding with this driver
-// is only as final as the disposal of those copies. Nor does it reach into
-// other processes: one that read the file before keeps the KEK in memory
-// until it next re-reads the file (see Concurrency).
+// is only as final as the disposal of those copies. Another process that
+// read the file before stops using the removed versions at its next Wrap
+// or Unwrap, which re-read a replaced file (see Concurrency); what it has
+// already unwrapped stays in its memory, as with any custodian.
 //
 // # File format
 //
@@ -71,8 +72,12 @@
 // and Destroy re-read the file, change it and replace it atomically while
 // holding an advisory lock on a ".lock" file beside it (flock, on Unix), so
 // Custodians of one file in one or several processes never lose each other's
-// changes, though each sees versions added by another only after its own next
-// change, or after reopening. Where the system has no flock, concurrent
+// changes. Wrap and Unwrap first compare the file with the one the custodian
+// last read or wrote (a stat: same file, size and modification time) and
+// re-read it if another custodian replaced it, so each takes up the others'
+// rotations and destructions at its next Wrap or Unwrap; Versions reports
+// what was last read. A KEK file that can no longer be read fails Wrap and
+// Unwrap with kms.ErrConfig. Where the system has no flock, concurrent
 // changes by several processes are not supported.
 package localkms
 
@@ -152,6 +157,10 @@ type Custodian struct {
 
 	mu   sync.RWMutex
 	ring *keyring // nil once closed
+	// file describes the file ring was read from or written as: Wrap and
+	// Unwrap compare it with the file at path and re-read a file another
+	// custodian has replaced (refresh).
+	file os.FileInfo
 }
 
 var (
@@ -194,7 +203,7 @@ func Open(path string, opts ...Option) (*Custodian, error) {
 			return nil, err
 		}
 	}
-	doc, err := readKEKFile(abs)
+	doc, fi, err := readKEKFile(abs)
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +212,7 @@ func Open(path string, opts ...Option) (*Custodian, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Custodian{path: abs, ring: ring}, nil
+	return &Custodian{path: abs, ring: ring, file: fi}, nil
 }
 
 // openURL is the kms.Opener of the "local" scheme.
@@ -322,6 +331,9 @@ func (c *Custodian) Wrap(ctx context.Context, key []byte, b kms.Binding) (kms.Wr
 	if err := ctx.Err(); err != nil {
 		return kms.Wrapped{}, err
 	}
+	if err := c.refresh("wrap"); err != nil {
+		return kms.Wrapped{}, err
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.ring == nil {
@@ -353,6 +365,9 @@ func (c *Custodian) Wrap(ctx context.Context, key []byte, b kms.Binding) (kms.Wr
 // file fails with kms.ErrUnknownKey.
 func (c *Custodian) Unwrap(ctx context.Context, w kms.Wrapped, b kms.Binding) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.refresh("unwrap"); err != nil {
 		return nil, err
 	}
 	c.mu.RLock()
@@ -418,8 +433,8 @@ func (c *Custodian) Close() error {
 }
 
 // Versions returns the KEK versions this custodian holds, ascending: those
-// of the file as last read by Open or a change (Rotate, DestroyBelow,
-// Destroy, ...). It returns an empty slice once the KEK is destroyed, and
+// of the file as last read by Open, a change (Rotate, DestroyBelow,
+// Destroy, ...), Wrap or Unwrap. It returns an empty slice once the KEK is destroyed, and
 // nil once the custodian is closed.
 func (c *Custodian) Versions() []uint32 {
 	c.mu.RLock()
@@ -493,12 +508,63 @@ func (c *Custodian) changeFile(ctx context.Context, op string, fn func(doc *kekF
 		return err
 	}
 	defer unlock()
-	doc, err := readKEKFile(c.path)
+	doc, fi, err := readKEKFile(c.path)
 	if err != nil {
 		return err
 	}
 	defer doc.wipe()
+	// Hold what the file holds now, whatever fn does.
+	ring, err := doc.keyring()
+	if err != nil {
+		return err
+	}
+	c.ring, c.file = ring, fi
 	return fn(doc)
+}
+
+// refresh re-reads the KEK file if another custodian (another process, or
+// another Custodian of the same file) has replaced it since this one read
+// or wrote it, so that versions it destroyed stop unwrapping here and a
+// version it added becomes the primary here too. It costs a stat of the
+// file; Wrap and Unwrap call it, which a keyring does once per zone key
+// per cache lifetime. A file that can no longer be read fails the call:
+// the custodian does not go on with keys the file may no longer hold.
+func (c *Custodian) refresh(op string) error {
+	fi, err := os.Stat(c.path)
+	if err != nil {
+		return fmt.Errorf("%w: localkms: %s: KEK file %s: %v", kms.ErrConfig, op, c.path, err)
+	}
+	c.mu.RLock()
+	same, closed := c.file != nil && sameFile(c.file, fi), c.ring == nil
+	c.mu.RUnlock()
+	if same || closed {
+		return nil // closed: the caller reports it
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ring == nil || (c.file != nil && sameFile(c.file, fi)) {
+		return nil
+	}
+	doc, fi, err := readKEKFile(c.path)
+	if err != nil {
+		return err
+	}
+	defer doc.wipe()
+	ring, err := doc.keyring()
+	if err != nil {
+		return err
+	}
+	clear(c.ring.aeads)
+	c.ring, c.file = ring, fi
+	return nil
+}
+
+// sameFile reports whether a and b describe the same version of a file:
+// the same file (device and inode, as os.SameFile), size and modification
+// time. Every change replaces the KEK file with a new one, so a change
+// shows as another file.
+func sameFile(a, b os.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
 // DestroyBelow removes every KEK version lower than v from the file. Keys
@@ -568,12 +634,17 @@ func (c *Custodian) replace(doc *kekFile) error {
 	if err != nil {
 		return err
 	}
+	fi, err := os.Stat(tmp)
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("%w: localkms: temporary KEK file %s: %v", kms.ErrConfig, tmp, err)
+	}
 	if err := os.Rename(tmp, target); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("%w: localkms: replacing KEK file %s: %v", kms.ErrConfig, target, err)
 	}
 	// The file has changed: hold what it holds, whatever happens next.
-	c.ring = ring
+	c.ring, c.file = ring, fi
 	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("%w: localkms: KEK file %s replaced, but its directory could not be synced: %v", kms.ErrConfig, target, err)
 	}
@@ -668,44 +739,44 @@ func now() time.Time { return time.Now().UTC().Truncate(time.Second) }
 
 // readKEKFile reads, checks and parses the KEK file at path. The caller
 // must wipe the result.
-func readKEKFile(path string) (*kekFile, error) {
+func readKEKFile(path string) (*kekFile, os.FileInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: localkms: KEK file %s does not exist (create it with localkms.CreateKEKFile, or add ?create=1 to the URL in development): %w",
+			return nil, nil, fmt.Errorf("%w: localkms: KEK file %s does not exist (create it with localkms.CreateKEKFile, or add ?create=1 to the URL in development): %w",
 				kms.ErrConfig, path, fs.ErrNotExist)
 		}
-		return nil, fmt.Errorf("%w: localkms: opening KEK file: %v", kms.ErrConfig, err)
+		return nil, nil, fmt.Errorf("%w: localkms: opening KEK file: %v", kms.ErrConfig, err)
 	}
 	defer f.Close()
 	// Check the file that was opened, not the path, which may change.
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("%w: localkms: KEK file %s: %v", kms.ErrConfig, path, err)
+		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s: %v", kms.ErrConfig, path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: localkms: KEK file %s is not a regular file (mode %v)", kms.ErrConfig, path, fi.Mode())
+		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is not a regular file (mode %v)", kms.ErrConfig, path, fi.Mode())
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 && runtime.GOOS != "windows" {
-		return nil, fmt.Errorf("%w: localkms: KEK file %s has mode %04o, which lets group or others access it; restrict it with: chmod 600 %s",
+		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s has mode %04o, which lets group or others access it; restrict it with: chmod 600 %s",
 			kms.ErrConfig, path, perm, path)
 	}
 	if fi.Size() > maxFileSize {
-		return nil, fmt.Errorf("%w: localkms: KEK file %s is %d bytes, more than the %d allowed", kms.ErrConfig, path, fi.Size(), maxFileSize)
+		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is %d bytes, more than the %d allowed", kms.ErrConfig, path, fi.Size(), maxFileSize)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	defer clear(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: localkms: reading KEK file %s: %v", kms.ErrConfig, path, err)
+		return nil, nil, fmt.Errorf("%w: localkms: reading KEK file %s: %v", kms.ErrConfig, path, err)
 	}
 	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("%w: localkms: KEK file %s is more than %d bytes", kms.ErrConfig, path, maxFileSize)
+		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is more than %d bytes", kms.ErrConfig, path, maxFileSize)
 	}
 	doc, err := parseKEKFile(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: localkms: KEK file %s is malformed: %v", kms.ErrConfig, path, err)
+		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is malformed: %v", kms.ErrConfig, path, err)
 	}
-	return doc, nil
+	return doc, fi, nil
 }
 
 // parseKEKFile decodes and validates a KEK file. Its errors never quote the

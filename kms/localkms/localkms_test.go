@@ -576,10 +576,13 @@ func TestReopenAfterRotation(t *testing.T) {
 	require.Equal(t, uint32(3), w.KEKVersion)
 }
 
+// Two custodians of one file, as two processes have: each change re-reads
+// the file, and Wrap and Unwrap take up what the other changed.
 func TestTwoCustodiansOneFile(t *testing.T) {
 	ctx := t.Context()
 	path := newKEKFile(t)
 	a, b := open(t, path), open(t, path)
+	key1, w1 := wrap(t, a)
 
 	va, err := a.Rotate(ctx)
 	require.NoError(t, err)
@@ -589,16 +592,52 @@ func TestTwoCustodiansOneFile(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint32(3), vb)
 	require.Equal(t, []uint32{1, 2, 3}, b.Versions())
-	require.Equal(t, []uint32{1, 2}, a.Versions(), "a sees b's version only after its own next change")
+	require.Equal(t, []uint32{1, 2}, a.Versions(), "Versions does not re-read the file")
 
-	key, w := wrap(t, b)
-	_, err = a.Unwrap(ctx, w, testBinding)
-	require.ErrorIs(t, err, kms.ErrUnknownKey)
+	// a's next Unwrap finds the file replaced and takes up b's version.
+	key3, w3 := wrap(t, b)
+	require.Equal(t, uint32(3), w3.KEKVersion)
+	requireUnwraps(t, a, key3, w3)
+	require.Equal(t, []uint32{1, 2, 3}, a.Versions())
+	_, w := wrap(t, a)
+	require.Equal(t, uint32(3), w.KEKVersion, "a wraps under b's primary")
 
 	require.NoError(t, a.DestroyBelow(ctx, 1)) // no change, but a re-reads the file
 	require.Equal(t, []uint32{1, 2, 3}, a.Versions())
-	requireUnwraps(t, a, key, w)
 	require.Len(t, readFileJSON(t, path).Versions, 3)
+
+	// Versions destroyed by b stop unwrapping in a at once, without a
+	// reopen: another process cannot keep a destroyed KEK in use.
+	requireUnwraps(t, a, key1, w1)
+	require.NoError(t, b.DestroyBelow(ctx, 3))
+	_, err = a.Unwrap(ctx, w1, testBinding)
+	require.ErrorIs(t, err, kms.ErrUnknownKey)
+	requireUnwraps(t, a, key3, w3)
+
+	// So does the whole KEK.
+	require.NoError(t, b.Destroy(ctx))
+	_, err = a.Unwrap(ctx, w3, testBinding)
+	require.ErrorIs(t, err, kms.ErrUnknownKey)
+	_, err = a.Wrap(ctx, key3, testBinding)
+	require.ErrorIs(t, err, kms.ErrUnknownKey)
+}
+
+// A KEK file that disappears or turns unreadable under an open custodian
+// fails its Wrap and Unwrap: it does not go on with keys the file may no
+// longer hold.
+func TestKEKFileGone(t *testing.T) {
+	ctx := t.Context()
+	path := newKEKFile(t)
+	c := open(t, path)
+	key, w := wrap(t, c)
+	requireUnwraps(t, c, key, w)
+	require.NoError(t, os.Rename(path, path+".moved"))
+	_, err := c.Unwrap(ctx, w, testBinding)
+	require.ErrorIs(t, err, kms.ErrConfig)
+	_, err = c.Wrap(ctx, key, testBinding)
+	require.ErrorIs(t, err, kms.ErrConfig)
+	require.NoError(t, os.Rename(path+".moved", path))
+	requireUnwraps(t, c, key, w)
 }
 
 func TestClosed(t *testing.T) {
