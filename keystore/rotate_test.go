@@ -747,3 +747,37 @@ func TestRotateZoneKeyTampered(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, bad, got.Wrapped, "the tampered row is left as it is")
 }
+
+// shredBeforeBatch is a store that shreds a subject's rows right before the
+// first batch of rewraps is written: a shred that lands between a
+// rotation's scan and its write.
+type shredBeforeBatch struct {
+	*boltstore.Store
+	zone, subject string
+	once          sync.Once
+}
+
+func (s *shredBeforeBatch) UpdateDEKWraps(ctx context.Context, updates []keystore.DEKWrapUpdate) ([]error, error) {
+	var err error
+	s.once.Do(func() { _, _, err = s.Store.ShredSubject(ctx, s.zone, s.subject, time.Now()) })
+	if err != nil {
+		return nil, err
+	}
+	return s.Store.UpdateDEKWraps(ctx, updates)
+}
+
+// A subject shredded while a rotation writes its page is skipped, not an
+// error: its rows are gone, and the others are rewrapped.
+func TestRotateZoneKeyShredDuringBatch(t *testing.T) {
+	const n = 40
+	e := newRotEnv(t)
+	recs := makeDEKs(t, e.keyring(t), "eu", "s", n)
+	store := &shredBeforeBatch{Store: e.store, zone: "eu", subject: "s-00003"}
+	k := e.keyring(t, func(c *keystore.Config) { c.Store = store })
+	res, err := k.RotateZoneKey(t.Context(), "eu", keystore.ZoneKeyRotation{BatchSize: 16})
+	require.NoError(t, err)
+	require.Equal(t, n-1, res.Rewrapped, "every row but the shredded one")
+	require.Zero(t, res.Remaining)
+	require.Equal(t, map[uint32]int{2: n - 1}, dekVersions(t, e.store, "eu"))
+	requireOpens(t, e.cold(t), append(recs[:3:3], recs[4:]...), "cold keyring")
+}
