@@ -510,18 +510,13 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 		events  []audit.Event
 	)
 	for _, row := range rows {
-		if row.Zone != r.zone {
-			return 0, fmt.Errorf("%w: store returned DEK %s of zone %q scanning zone %q", ErrTampered, row.ID, row.Zone, r.zone)
-		}
-		if row.ZoneKeyVersion >= target {
-			continue
-		}
-		wrapped, err := r.rewrapDEKSecret(ctx, row, target)
+		u, ev, ok, err := r.prepareRewrap(ctx, row, target)
 		if err != nil {
 			return 0, err
 		}
-		events = append(events, audit.Event{Action: audit.Rewrap, Decision: audit.Allow, Zone: r.zone, Subject: row.Subject, DEK: row.ID.String(), ZoneKeyVersion: target})
-		updates = append(updates, DEKWrapUpdate{ID: row.ID, PrevZoneKeyVersion: row.ZoneKeyVersion, PrevWrapped: row.Wrapped, Wrapped: wrapped, ZoneKeyVersion: target})
+		if ok {
+			updates, events = append(updates, u), append(events, ev)
+		}
 	}
 	if len(updates) == 0 {
 		return 0, nil
@@ -573,21 +568,17 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 func (r *rotation) rewrapDEK(ctx context.Context, row DEKRow, target uint32) (bool, error) {
 	id := row.ID
 	for attempt := 1; ; attempt++ {
-		if row.ID != id || row.Zone != r.zone {
-			return false, fmt.Errorf("%w: store returned DEK %s of zone %q for DEK %s of zone %q", ErrTampered, row.ID, row.Zone, id, r.zone)
+		if row.ID != id {
+			return false, fmt.Errorf("%w: store returned DEK %s for DEK %s", ErrTampered, row.ID, id)
 		}
-		if row.ZoneKeyVersion >= target {
-			return false, nil
-		}
-		wrapped, err := r.rewrapDEKSecret(ctx, row, target)
-		if err != nil {
+		u, ev, ok, err := r.prepareRewrap(ctx, row, target)
+		if err != nil || !ok {
 			return false, err
 		}
-		ev := audit.Event{Action: audit.Rewrap, Decision: audit.Allow, Subject: row.Subject, DEK: id.String(), ZoneKeyVersion: target}
 		if err := r.record(ctx, ev); err != nil {
 			return false, err
 		}
-		err = r.rs.UpdateDEKWrap(ctx, id, row.ZoneKeyVersion, row.Wrapped, wrapped, target)
+		err = r.rs.UpdateDEKWrap(ctx, id, u.PrevZoneKeyVersion, u.PrevWrapped, u.Wrapped, u.ZoneKeyVersion)
 		switch {
 		case err == nil:
 			return true, nil
@@ -605,6 +596,25 @@ func (r *rotation) rewrapDEK(ctx context.Context, row DEKRow, target uint32) (bo
 			return false, fmt.Errorf("DEK %s: %w", id, err)
 		}
 	}
+}
+
+// prepareRewrap returns the update that rewraps row under zone-key version
+// target and the event that audits it, or ok false if row is at target or
+// newer already. A row of another zone is ErrTampered.
+func (r *rotation) prepareRewrap(ctx context.Context, row DEKRow, target uint32) (u DEKWrapUpdate, ev audit.Event, ok bool, err error) {
+	if row.Zone != r.zone {
+		return u, ev, false, fmt.Errorf("%w: store returned DEK %s of zone %q in zone %q", ErrTampered, row.ID, row.Zone, r.zone)
+	}
+	if row.ZoneKeyVersion >= target {
+		return u, ev, false, nil
+	}
+	wrapped, err := r.rewrapDEKSecret(ctx, row, target)
+	if err != nil {
+		return u, ev, false, err
+	}
+	u = DEKWrapUpdate{ID: row.ID, PrevZoneKeyVersion: row.ZoneKeyVersion, PrevWrapped: row.Wrapped, Wrapped: wrapped, ZoneKeyVersion: target}
+	ev = audit.Event{Action: audit.Rewrap, Decision: audit.Allow, Zone: r.zone, Subject: row.Subject, DEK: row.ID.String(), ZoneKeyVersion: target}
+	return u, ev, true, nil
 }
 
 // rewrapDEKSecret unwraps row's DEK and wraps it under zone-key version
