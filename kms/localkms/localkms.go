@@ -482,12 +482,7 @@ func (c *Custodian) Rotate(ctx context.Context) (uint32, error) {
 func (c *Custodian) change(ctx context.Context, op string, fn func(doc *kekFile) error) error {
 	return c.changeFile(ctx, op, func(doc *kekFile) error {
 		if doc.isDestroyed() {
-			ring, err := doc.keyring()
-			if err != nil {
-				return err
-			}
-			c.ring = ring
-			return c.destroyedError(op, ring)
+			return c.destroyedError(op, c.ring) // changeFile took it up
 		}
 		return fn(doc)
 	})
@@ -508,18 +503,31 @@ func (c *Custodian) changeFile(ctx context.Context, op string, fn func(doc *kekF
 		return err
 	}
 	defer unlock()
-	doc, fi, err := readKEKFile(c.path)
+	// Hold what the file holds now, whatever fn does.
+	doc, err := c.loadLocked()
 	if err != nil {
 		return err
 	}
 	defer doc.wipe()
-	// Hold what the file holds now, whatever fn does.
+	return fn(doc)
+}
+
+// loadLocked reads the KEK file and makes what it holds the custodian's
+// state. It returns the file's content, which the caller must wipe. c.mu
+// must be held for writing.
+func (c *Custodian) loadLocked() (*kekFile, error) {
+	doc, fi, err := readKEKFile(c.path)
+	if err != nil {
+		return nil, err
+	}
 	ring, err := doc.keyring()
 	if err != nil {
-		return err
+		doc.wipe()
+		return nil, err
 	}
+	clear(c.ring.aeads)
 	c.ring, c.file = ring, fi
-	return fn(doc)
+	return doc, nil
 }
 
 // refresh re-reads the KEK file if another custodian (another process, or
@@ -545,17 +553,11 @@ func (c *Custodian) refresh(op string) error {
 	if c.ring == nil || (c.file != nil && sameFile(c.file, fi)) {
 		return nil
 	}
-	doc, fi, err := readKEKFile(c.path)
+	doc, err := c.loadLocked()
 	if err != nil {
 		return err
 	}
-	defer doc.wipe()
-	ring, err := doc.keyring()
-	if err != nil {
-		return err
-	}
-	clear(c.ring.aeads)
-	c.ring, c.file = ring, fi
+	doc.wipe()
 	return nil
 }
 
@@ -581,13 +583,7 @@ func (c *Custodian) DestroyBelow(ctx context.Context, v uint32) error {
 		}
 		keep := slices.IndexFunc(doc.Versions, func(kv kekVersion) bool { return kv.Version >= v })
 		if keep <= 0 {
-			// Nothing to remove; still take up what the file holds now.
-			ring, err := doc.keyring()
-			if err != nil {
-				return err
-			}
-			c.ring = ring
-			return nil
+			return nil // nothing to remove; changeFile took up the file
 		}
 		for i := range doc.Versions[:keep] {
 			clear(doc.Versions[i].Key)
@@ -663,19 +659,13 @@ func (c *Custodian) replace(doc *kekFile) error {
 //
 // Like every change, Destroy holds the file's cross-process lock while it
 // reads and replaces the file. Another process that read the file before
-// keeps the KEK versions it read in memory, and can still use them, until
-// it next re-reads the file (its next change, or reopening); see the
-// package documentation for what removal from the file does and does not
-// erase on disk.
+// refuses too from its next Wrap or Unwrap, which re-read a replaced file;
+// see the package documentation for what removal from the file does and
+// does not erase on disk.
 func (c *Custodian) Destroy(ctx context.Context) error {
 	return c.changeFile(ctx, "destroy", func(doc *kekFile) error {
 		if doc.isDestroyed() {
-			ring, err := doc.keyring()
-			if err != nil {
-				return err
-			}
-			c.ring = ring
-			return nil
+			return nil // changeFile took it up
 		}
 		doc.wipe()
 		doc.Versions = []kekVersion{}
