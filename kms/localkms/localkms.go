@@ -571,7 +571,8 @@ func sameFile(a, b os.FileInfo) bool {
 
 // DestroyBelow removes every KEK version lower than v from the file. Keys
 // wrapped under a removed version then fail to unwrap with
-// kms.ErrUnknownKey, here and in any custodian that opens the file later.
+// kms.ErrUnknownKey, here, in any custodian that opens the file later,
+// and in one of the same file from its next Wrap or Unwrap.
 // It refuses to remove the primary version (v greater than the primary).
 // If no version is below v the file is left as it is. See the package
 // documentation for what removal from the file does and does not erase.
