@@ -301,7 +301,15 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 		if err := k.beforeCreate(ctx, zone, subject); err != nil {
 			return nil, err
 		}
-		return k.createDEK(ctx, zs, cust, zone, subject, 1)
+		d, err := k.createDEK(ctx, zs, cust, zone, subject, 1)
+		if errors.Is(err, ErrKeyShredded) || errors.Is(err, ErrSubjectMoved) {
+			// A shred or move landed after beforeCreate: the store
+			// refused the row. Say so as beforeCreate would have.
+			if berr := k.beforeCreate(ctx, zone, subject); berr != nil {
+				return nil, berr
+			}
+		}
+		return d, err
 	})
 }
 

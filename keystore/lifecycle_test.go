@@ -574,3 +574,47 @@ func TestShredZone(t *testing.T) {
 	_, err = k.ShredZone(t.Context(), "eu", "eu")
 	require.NoError(t, err, "a repeated zone shred completes")
 }
+
+// shredAfterTombstoneRead runs shred once, right after the keyring's first
+// Tombstone read of subject: between DataKey's check that the subject was
+// never shredded and its CreateDEK.
+type shredAfterTombstoneRead struct {
+	*boltstore.Store
+	subject string
+	once    sync.Once
+	shred   func()
+}
+
+func (s *shredAfterTombstoneRead) Tombstone(ctx context.Context, zone, subject string) (keystore.Tombstone, error) {
+	t, err := s.Store.Tombstone(ctx, zone, subject)
+	if subject == s.subject {
+		s.once.Do(s.shred)
+	}
+	return t, err
+}
+
+// TestShredDuringFirstCreate: a process asks for the first DEK of a subject
+// that another process creates and shreds meanwhile. The store refuses its
+// create after the shred, so it gets ErrKeyShredded, and no process gets a
+// DEK for the shredded subject afterwards.
+func TestShredDuringFirstCreate(t *testing.T) {
+	e := newRotEnv(t)
+	other := e.keyring(t)
+	var shredded keystore.ShredResult
+	hs := &shredAfterTombstoneRead{Store: e.store, subject: "alice", shred: func() {
+		d, err := other.DataKey(t.Context(), "eu", "alice")
+		require.NoError(t, err)
+		seal(t, d, "alice's data")
+		shredded, err = other.ShredSubject(t.Context(), "eu", "alice")
+		require.NoError(t, err)
+	}}
+	k := e.keyring(t, func(c *keystore.Config) { c.Store = hs })
+	_, err := k.DataKey(t.Context(), "eu", "alice")
+	require.Len(t, shredded.DEKs, 1, "the other process created and shredded alice's DEK in between")
+	require.ErrorIs(t, err, keystore.ErrKeyShredded)
+	require.ErrorContains(t, err, "Reinstate")
+	_, err = e.store.LatestDEK(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrUnknownKey, "no DEK behind the tombstone")
+	_, err = e.cold(t).DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrKeyShredded, "a fresh process")
+}

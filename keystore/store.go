@@ -207,6 +207,29 @@ type Tombstone struct {
 	Created    time.Time // time of the latest removal (UTC)
 }
 
+// Refuses returns the error with which a LifecycleStore's CreateDEK refuses
+// row when t is a tombstone of row's zone, or nil if t allows the row: a
+// ZoneShredded tombstone refuses every row of its zone (ErrKeyShredded);
+// the tombstone of row's subject refuses a generation up to its own
+// (ErrKeyShredded, or ErrSubjectMoved for Kind Moved), so that only
+// Reinstate, which creates the generation after it, gives the subject a
+// DEK again.
+func (t Tombstone) Refuses(row DEKRow) error {
+	switch {
+	case t.Kind == 0 || t.Zone != row.Zone:
+		return nil
+	case t.Kind == ZoneShredded:
+		return fmt.Errorf("%w: zone %q was shredded at %s", ErrKeyShredded, t.Zone, t.Created.Format(time.RFC3339))
+	case t.Subject != row.Subject || row.Generation > t.Generation:
+		return nil
+	case t.Kind == Moved:
+		return fmt.Errorf("%w: the subject's DEKs up to generation %d moved from zone %q to zone %q at %s",
+			ErrSubjectMoved, t.Generation, t.Zone, t.To, t.Created.Format(time.RFC3339))
+	}
+	return fmt.Errorf("%w: the subject's DEKs of zone %q up to generation %d were shredded at %s",
+		ErrKeyShredded, t.Zone, t.Generation, t.Created.Format(time.RFC3339))
+}
+
 // EpochRow is the store's record of a zone's key epoch
 // (Keyring.Epoch): the state that lets an interrupted epoch be resumed and
 // keeps two epochs of one zone from running at once.
@@ -244,6 +267,13 @@ type LifecycleStore interface {
 	// and the deleted rows', Created at. It returns the tombstone and the
 	// deleted ids. A subject with no DEK row is ErrUnknownKey, and nothing
 	// is written.
+	//
+	// Its CreateDEK also refuses a row that a tombstone of the row's zone
+	// forbids (Tombstone.Refuses), with the error Refuses returns, checked
+	// in the transaction that would insert the row and serialised with
+	// ShredSubject and MoveDEKs of the same subject: a create racing a
+	// shred or a move either lands before it (and is shredded or moved
+	// with the rest) or is refused after it.
 	ShredSubject(ctx context.Context, zone, subject string, at time.Time) (Tombstone, []envelope.KeyID, error)
 	// SubjectDEKs returns every DEK row of (zone, subject), by ascending
 	// generation; an empty slice and no error for a subject with none.

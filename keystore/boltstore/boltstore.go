@@ -186,7 +186,8 @@ func (s *Store) wrapErr(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, keystore.ErrUnknownKey), errors.Is(err, keystore.ErrExists), errors.Is(err, keystore.ErrTampered),
-		errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrInvalidValue), errors.Is(err, keystore.ErrConflict):
+		errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrInvalidValue), errors.Is(err, keystore.ErrConflict),
+		errors.Is(err, keystore.ErrKeyShredded), errors.Is(err, keystore.ErrSubjectMoved):
 		return err
 	case errors.Is(err, bolterrors.ErrDatabaseNotOpen):
 		return keystore.ErrClosed
@@ -395,6 +396,11 @@ func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
 		return err
 	}
 	return s.update(ctx, func(tx *bolt.Tx) error {
+		// In the insert's transaction: a shred or move of the subject
+		// (one transaction too) is wholly before or after it.
+		if err := tombstoneRefuses(tx, row); err != nil {
+			return err
+		}
 		deks, subs := tx.Bucket(bucketDEKs), tx.Bucket(bucketSubjects)
 		if subs.Get(sk) != nil {
 			return fmt.Errorf("%w: zone %q subject generation %d", keystore.ErrExists, row.Zone, row.Generation)

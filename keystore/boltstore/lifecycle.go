@@ -157,6 +157,26 @@ func subjectRows(tx *bolt.Tx, zone, subject string) ([]keystore.DEKRow, [][]byte
 	return rows, keys, nil
 }
 
+// tombstoneRefuses returns the error of the tombstone of row's zone or of
+// its subject there that forbids storing row (keystore.Tombstone.Refuses).
+func tombstoneRefuses(tx *bolt.Tx, row keystore.DEKRow) error {
+	b := tx.Bucket(bucketTombstones)
+	for _, subject := range []string{"", row.Subject} {
+		v := b.Get(tombstoneKey(row.Zone, subject))
+		if v == nil {
+			continue
+		}
+		t, err := decodeTombstone(v, row.Zone, subject)
+		if err != nil {
+			return err
+		}
+		if err := t.Refuses(row); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // putTombstone stores t as the tombstone of (t.Zone, t.Subject), its
 // Generation raised to that of the tombstone it replaces, and returns it.
 func putTombstone(tx *bolt.Tx, t keystore.Tombstone) (keystore.Tombstone, error) {

@@ -162,6 +162,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"Lifecycle/MoveDEKs", testMoveDEKs},
 		{"Lifecycle/MoveDEKsRefused", testMoveDEKsRefused},
 		{"Lifecycle/ShredZone", testShredZone},
+		{"Lifecycle/CreateAfterTombstone", testCreateAfterTombstone},
 		{"Lifecycle/DeleteZoneKeysBelow", testDeleteZoneKeysBelow},
 		{"Lifecycle/Epochs", testEpochs},
 		{"Lifecycle/EpochOrder", testEpochOrder},

@@ -3,6 +3,7 @@ package keystoretest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -370,9 +371,12 @@ func testShredSubject(t *testing.T, h Harness) {
 				requireTombstone(t, want2, got, "ShreddedDEK after the second shred")
 			}
 
-			// A lower generation shredded later keeps the highest.
-			low := pendingDEK(t, "eu", subject, 2)
+			// A lower generation shredded later keeps the highest. (It
+			// comes by a move: CreateDEK refuses generations up to the
+			// tombstone's.)
+			low := dek(t, "eu3", subject, 1)
 			createDEK(t, s, low)
+			require.NoError(t, ls.MoveDEKs(ctx, "eu3", pendingIn(t, "eu", 2, low), created()))
 			at3 := created()
 			tomb3, _, err := ls.ShredSubject(ctx, "eu", subject, at3)
 			require.NoError(t, err)
@@ -484,12 +488,15 @@ func testMoveDEKs(t *testing.T, h Harness) {
 			gotT, err := ls.Tombstone(ctx, "eu", subject)
 			require.NoError(t, err)
 			requireTombstone(t, want, gotT, "the source's tombstone after a shred in the target")
-			// A subject that comes back to the source gets its tombstone's
-			// kind and generation merged.
-			back := dek(t, "eu", subject, 1)
-			createDEK(t, s, back)
+			// A subject that comes back to the source (by a move: CreateDEK
+			// refuses generations up to the tombstone's) and leaves again
+			// gets its tombstone's kind and generation merged.
+			away := dek(t, "eu3", subject, 1)
+			createDEK(t, s, away)
+			back := pendingIn(t, "eu", 1, away)
+			require.NoError(t, ls.MoveDEKs(ctx, "eu3", back, created()))
 			at2 := created()
-			require.NoError(t, ls.MoveDEKs(ctx, "eu", pendingIn(t, "eu2", 2, back), at2))
+			require.NoError(t, ls.MoveDEKs(ctx, "eu", pendingIn(t, "eu2", 2, back...), at2))
 			gotT, err = ls.Tombstone(ctx, "eu", subject)
 			require.NoError(t, err)
 			requireTombstone(t, keystore.Tombstone{Zone: "eu", Subject: subject, Kind: keystore.Moved, To: "eu2", Generation: 3, Created: at2}, gotT, "after a second move")
@@ -611,6 +618,55 @@ func testShredZone(t *testing.T, h Harness) {
 	got, err := lifecycleStore(t, s).ShredZone(ctx, "empty\x00zone", at)
 	require.NoError(t, err)
 	requireTombstone(t, keystore.Tombstone{Zone: "empty\x00zone", Kind: keystore.ZoneShredded, Created: at}, got, "zone without rows")
+}
+
+// testCreateAfterTombstone: CreateDEK refuses the rows a tombstone forbids
+// (Tombstone.Refuses), stores nothing for them, and takes the others.
+func testCreateAfterTombstone(t *testing.T, h Harness) {
+	ctx := t.Context()
+	s := store(t, h)
+	ls := lifecycleStore(t, s)
+	moving := dek(t, "eu", "move", 1)
+	for _, r := range []keystore.DEKRow{dek(t, "eu", "shred", 1), dek(t, "eu", "shred", 2), moving, dek(t, "gone", "x", 1)} {
+		createDEK(t, s, r)
+	}
+	_, _, err := ls.ShredSubject(ctx, "eu", "shred", created())
+	require.NoError(t, err)
+	require.NoError(t, ls.MoveDEKs(ctx, "eu", pendingIn(t, "us", 1, moving), created()))
+	_, err = ls.ShredZone(ctx, "gone", created())
+	require.NoError(t, err)
+
+	tests := []struct {
+		row  keystore.DEKRow
+		want error // nil: stored
+	}{
+		{dek(t, "eu", "shred", 1), keystore.ErrKeyShredded},
+		{dek(t, "eu", "shred", 2), keystore.ErrKeyShredded},
+		{dek(t, "eu", "shred", 3), nil}, // Reinstate's generation
+		{dek(t, "eu", "move", 1), keystore.ErrSubjectMoved},
+		{dek(t, "eu", "move", 2), nil},
+		{dek(t, "eu", "shredx", 1), nil},
+		{dek(t, "eu", "shre", 1), nil},
+		{dek(t, "us", "shred", 1), nil},
+		{dek(t, "eu", "", 1), nil},
+		{dek(t, "gone", "x", 2), keystore.ErrKeyShredded},
+		{dek(t, "gone", "new", 1), keystore.ErrKeyShredded},
+		{dek(t, "gone", "", 1), keystore.ErrKeyShredded},
+		{dek(t, "gon", "x", 1), nil},
+		{pendingDEK(t, "gone", "y", 1), keystore.ErrKeyShredded},
+	}
+	for _, tc := range tests {
+		err := s.CreateDEK(ctx, tc.row)
+		what := fmt.Sprintf("CreateDEK(zone %q subject %q gen %d)", tc.row.Zone, tc.row.Subject, tc.row.Generation)
+		if tc.want == nil {
+			require.NoError(t, err, what)
+			requireStored(t, s, what, tc.row)
+			continue
+		}
+		require.ErrorIs(t, err, tc.want, what)
+		require.NotErrorIs(t, err, keystore.ErrStore, what)
+		requireUnknownDEK(t, s, tc.row.ID)
+	}
 }
 
 func testDeleteZoneKeysBelow(t *testing.T, h Harness) {
@@ -914,6 +970,34 @@ func testLifecycleConcurrent(t *testing.T, h Harness) {
 		w := oneWinnerOf(t, errs, keystore.ErrConflict, "MoveDEKs")
 		requireSubjectDEKs(t, ls, "us", "move", moves[w], "after the race: the winner's rows")
 		requireSubjectDEKs(t, ls, "eu", "move", nil, "after the race")
+	})
+
+	// A create of the subject's generation 1 (a process that found no
+	// DEK and no tombstone a moment ago) racing the shred of another
+	// process's generation 1: the create collides with the row before the
+	// shred, or is refused after it. It never lands behind the tombstone.
+	t.Run("CreateOrShred", func(t *testing.T) {
+		for round := range 8 {
+			subject := fmt.Sprintf("late-%d", round)
+			createDEK(t, s, dek(t, "eu", subject, 1))
+			late := dek(t, "eu", subject, 1)
+			errs := race(func(i int) error {
+				switch i {
+				case 0:
+					return s.CreateDEK(ctx, late)
+				case 1:
+					_, _, err := ls.ShredSubject(ctx, "eu", subject, created())
+					return err
+				}
+				return nil
+			})
+			require.NoError(t, errs[1], "the shred")
+			if !errors.Is(errs[0], keystore.ErrExists) {
+				require.ErrorIs(t, errs[0], keystore.ErrKeyShredded, "the create")
+			}
+			requireSubjectDEKs(t, ls, "eu", subject, nil, "after the race")
+			requireUnknownDEK(t, s, late.ID)
+		}
 	})
 
 	t.Run("ShredOrMove", func(t *testing.T) {

@@ -3,8 +3,10 @@ package postgres
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"time"
 
@@ -19,6 +21,8 @@ type lifecycleSQL struct {
 	sqlSubjectDEKs, sqlShredDEKs, sqlInsertShredded, sqlUpsertTombstone string
 	sqlTombstone, sqlShreddedDEK, sqlIsShredded                         string
 	sqlLockSubject, sqlMoveDEKs                                         string
+	sqlTombstonesOf, sqlSubjectLock                                     string
+	subjectLockSpace                                                    string
 	sqlDeleteZoneKeysBelow                                              string
 	sqlInsertEpoch, sqlEpoch, sqlLatestEpoch, sqlUpdateEpoch            string
 }
@@ -41,6 +45,13 @@ func newLifecycleSQL(n names, dekCols string) lifecycleSQL {
 			" ON CONFLICT (zone, subject) DO UPDATE SET kind = EXCLUDED.kind, to_zone = EXCLUDED.to_zone," +
 			" generation = GREATEST(t.generation, EXCLUDED.generation), created = EXCLUDED.created RETURNING " + tombstoneCols,
 		sqlTombstone: "SELECT " + tombstoneCols + " FROM " + tombs + " WHERE zone = $1 AND subject = $2",
+		// The tombstones that can refuse a new DEK of (zone, subject):
+		// the subject's and the zone's.
+		sqlTombstonesOf: "SELECT " + tombstoneCols + " FROM " + tombs + " WHERE zone = $1 AND (subject = $2 OR subject = ''::bytea)",
+		sqlSubjectLock:  "SELECT pg_advisory_xact_lock($1)",
+		// The lock keys of one store's subjects are apart from those of
+		// another store (schema) in the same database.
+		subjectLockSpace: "zonekey subject lock " + deks,
 		sqlShreddedDEK: "SELECT t.zone, t.subject, t.kind, t.to_zone, t.generation, t.created FROM " + shredded + " AS s JOIN " + tombs +
 			" AS t ON t.zone = s.zone AND t.subject = s.subject WHERE s.id = $1",
 		sqlIsShredded:  "SELECT EXISTS (SELECT 1 FROM " + shredded + " WHERE id = $1)",
@@ -62,6 +73,35 @@ func newLifecycleSQL(n names, dekCols string) lifecycleSQL {
 			" AND lease IS NOT DISTINCT FROM $6::timestamptz AND started IS NOT DISTINCT FROM $7::timestamptz" +
 			" AND finished IS NOT DISTINCT FROM $8::timestamptz",
 	}
+}
+
+// lockSubjects takes, for the rest of tx, the lock of each (zone, subject)
+// (zones[i], subject) that CreateDEK, ShredSubject and MoveDEKs hold while
+// they check or change the subject's DEK rows and tombstone: a transaction
+// advisory lock, which READ COMMITTED needs here because a row lock cannot
+// cover a tombstone that does not exist yet. The statements after it see
+// everything committed before it was granted. Locks are taken in key order,
+// so that two moves cannot deadlock.
+func (s *Store) lockSubjects(ctx context.Context, tx pgx.Tx, subject string, zones ...string) error {
+	keys := make([]int64, len(zones))
+	for i, z := range zones {
+		h := fnv.New64a()
+		h.Write([]byte(s.subjectLockSpace))
+		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(z))))
+		h.Write([]byte(z))
+		h.Write([]byte(subject))
+		keys[i] = int64(h.Sum64())
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		if i > 0 && k == keys[i-1] {
+			continue
+		}
+		if _, err := tx.Exec(ctx, s.sqlSubjectLock, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // rollbackTimeout bounds the rollback of a failed transaction, which runs
@@ -196,6 +236,9 @@ func (s *Store) ShredSubject(ctx context.Context, zone, subject string, at time.
 	)
 	op := fmt.Sprintf("shredding a subject of zone %q", zone)
 	err := s.inTx(ctx, op, func(ctx context.Context, tx pgx.Tx, _ bool) error {
+		if err := s.lockSubjects(ctx, tx, subject, zone); err != nil {
+			return err
+		}
 		type deleted struct {
 			id  envelope.KeyID
 			gen uint32
@@ -344,6 +387,9 @@ func (s *Store) MoveDEKs(ctx context.Context, from string, rows []keystore.DEKRo
 		moving[r.ID] = true
 	}
 	return s.inTx(ctx, op, func(ctx context.Context, tx pgx.Tx, retry bool) error {
+		if err := s.lockSubjects(ctx, tx, subject, from, to); err != nil {
+			return err
+		}
 		type stored struct {
 			id  envelope.KeyID
 			gen uint32

@@ -343,7 +343,8 @@ func (s *Store) fail(ctx context.Context, op string, err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, keystore.ErrUnknownKey), errors.Is(err, keystore.ErrExists), errors.Is(err, keystore.ErrInvalidValue),
-		errors.Is(err, keystore.ErrConflict), errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrClosed):
+		errors.Is(err, keystore.ErrConflict), errors.Is(err, keystore.ErrStore), errors.Is(err, keystore.ErrClosed),
+		errors.Is(err, keystore.ErrKeyShredded), errors.Is(err, keystore.ErrSubjectMoved):
 		return err
 	case errors.As(err, &pgErr) && pgErr.Code == sqlstateUniqueViolation:
 		return fmt.Errorf("postgres: %s: %w (constraint %s)", op, keystore.ErrExists, pgErr.ConstraintName)
@@ -500,17 +501,48 @@ func (s *Store) ZoneKey(ctx context.Context, zone string, version uint32) (keyst
 	return row, err
 }
 
-// CreateDEK implements keystore.Store.
+// CreateDEK implements keystore.Store, and the tombstone check of
+// keystore.LifecycleStore: in one transaction, under the subject's lock
+// (lockSubjects), it reads the tombstones that could refuse the row and
+// inserts it.
 func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
 	if err := checkDEK(row); err != nil {
 		return err
 	}
 	op := fmt.Sprintf("creating DEK %s", row.ID)
 	args := []any{row.ID[:], bs(row.Zone), bs(row.Subject), int64(row.Generation), int64(row.ZoneKeyVersion), nonNil(row.Wrapped), row.Created, int64(row.KEKVersion)}
-	return s.create(ctx, op, s.sqlInsertDEK, args, func(ctx context.Context, q querier) (bool, error) {
-		got, err := scanDEK(q.QueryRow(ctx, s.sqlDEK, row.ID[:]))
-		return err == nil && sameDEK(got, row), err
+	var dup bool // the retry's insert collided: perhaps with the first attempt's row
+	err := s.inTx(ctx, op, func(ctx context.Context, tx pgx.Tx, retry bool) error {
+		dup = false
+		if err := s.lockSubjects(ctx, tx, row.Subject, row.Zone); err != nil {
+			return err
+		}
+		ts, err := queryRows(ctx, tx, scanTombstone, s.sqlTombstonesOf, bs(row.Zone), bs(row.Subject))
+		if err != nil {
+			return err
+		}
+		for _, t := range ts {
+			if err := t.Refuses(row); err != nil {
+				return err
+			}
+		}
+		_, err = tx.Exec(ctx, s.sqlInsertDEK, args...)
+		var pgErr *pgconn.PgError
+		dup = retry && errors.As(err, &pgErr) && pgErr.Code == sqlstateUniqueViolation
+		return err
 	})
+	if dup {
+		// The first attempt committed if the stored row is this one.
+		var mine bool
+		if s.do(ctx, op, func(ctx context.Context, q querier, _ bool) error {
+			got, err := scanDEK(q.QueryRow(ctx, s.sqlDEK, row.ID[:]))
+			mine = err == nil && sameDEK(got, row)
+			return err
+		}) == nil && mine {
+			return nil
+		}
+	}
+	return err
 }
 
 // checkDEK refuses a DEK row the table cannot hold.
