@@ -44,6 +44,9 @@ type lru struct {
 	// subject's current DEK, so it never names anything else.
 	cur  [curSlots]atomic.Pointer[entry]
 	seed uint64 // of curSlot's hash
+	// forgets counts the calls of forget: a DEK read from the store
+	// before one is not cached after it (see mark).
+	forgets uint64
 
 	decisions decisionCache
 }
@@ -243,10 +246,24 @@ func (c *lru) expire(e *entry) {
 	}
 }
 
-// add caches d; if isCurrent, d becomes the current DEK of its subject.
-func (c *lru) add(d *DEK, isCurrent bool) {
+// mark returns a mark to take before reading a DEK row from the store and
+// to pass to add with the DEK made from it.
+func (c *lru) mark() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.forgets
+}
+
+// add caches d, read from the store after mark returned since; if
+// isCurrent, d becomes the current DEK of its subject. If forget has run
+// since, d is not cached: a shred or move may have removed d's row after
+// it was read, and forget could not drop what was not yet cached.
+func (c *lru) add(d *DEK, isCurrent bool, since uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.forgets != since {
+		return
+	}
 	if old := c.byID[d.ID()]; old != nil {
 		c.removeLocked(old)
 	}
@@ -318,6 +335,20 @@ func (c *lru) purge() {
 func (c *lru) removeWhere(drop func(*DEK) bool) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.removeWhereLocked(drop)
+}
+
+// forget is removeWhere for DEKs whose rows have left the store (a shred
+// or a move): it also keeps a DEK read before it from being cached after
+// it (see add).
+func (c *lru) forget(drop func(*DEK) bool) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forgets++
+	return c.removeWhereLocked(drop)
+}
+
+func (c *lru) removeWhereLocked(drop func(*DEK) bool) int {
 	n := 0
 	for e := c.ll.Front(); e != nil; {
 		next := e.Next()

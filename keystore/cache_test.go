@@ -42,7 +42,7 @@ func TestLRU(t *testing.T) {
 	t.Run("GetAndCurrent", func(t *testing.T) {
 		c := newLRU(4)
 		a := testDEK(t, "eu", "alice", later)
-		c.add(a, true)
+		c.add(a, true, c.mark())
 		require.Same(t, a, c.get(a.ID(), now))
 		require.Same(t, a, c.current("eu", "alice", now))
 		require.Nil(t, c.current("us", "alice", now))
@@ -51,13 +51,13 @@ func TestLRU(t *testing.T) {
 
 		// A DEK added for decryption only is not current.
 		b := testDEK(t, "eu", "bob", later)
-		c.add(b, false)
+		c.add(b, false, c.mark())
 		require.Same(t, b, c.get(b.ID(), now))
 		require.Nil(t, c.current("eu", "bob", now))
 
 		// The rolling DEK (no subject) is never a subject's current.
 		r := testDEK(t, "eu", "", later)
-		c.add(r, true)
+		c.add(r, true, c.mark())
 		require.Nil(t, c.current("eu", "", now))
 		require.Same(t, r, c.get(r.ID(), now))
 		requireConsistent(t, c)
@@ -66,10 +66,10 @@ func TestLRU(t *testing.T) {
 	t.Run("Expiry", func(t *testing.T) {
 		c := newLRU(4)
 		a := testDEK(t, "eu", "alice", later)
-		c.add(a, true)
+		c.add(a, true, c.mark())
 		require.Nil(t, c.current("eu", "alice", later), "current at its expiry")
 		require.Zero(t, c.len(), "an expired entry stays")
-		c.add(a, true)
+		c.add(a, true, c.mark())
 		require.Nil(t, c.get(a.ID(), later.Add(time.Second)), "get after expiry")
 		require.Zero(t, c.len())
 		requireConsistent(t, c)
@@ -80,13 +80,13 @@ func TestLRU(t *testing.T) {
 		var ds []*DEK
 		for _, s := range []string{"a", "b", "c"} {
 			d := testDEK(t, "eu", s, later)
-			c.add(d, true)
+			c.add(d, true, c.mark())
 			ds = append(ds, d)
 		}
 		c.get(ds[0].ID(), now) // a is now the most recent
 		c.current("eu", "b", now)
 		d := testDEK(t, "eu", "d", later)
-		c.add(d, true)
+		c.add(d, true, c.mark())
 		require.Equal(t, 3, c.len())
 		require.Nil(t, c.get(ds[2].ID(), now), "c, the least recently used, was kept")
 		require.Nil(t, c.current("eu", "c", now))
@@ -99,18 +99,18 @@ func TestLRU(t *testing.T) {
 	t.Run("ReAdd", func(t *testing.T) {
 		c := newLRU(3)
 		a := testDEK(t, "eu", "alice", later)
-		c.add(a, true)
+		c.add(a, true, c.mark())
 		// Re-adding the same DEK for decryption drops its current
 		// mark; the subject's DEK is then looked up again.
-		c.add(a, false)
+		c.add(a, false, c.mark())
 		require.Equal(t, 1, c.len())
 		require.Nil(t, c.current("eu", "alice", now))
-		c.add(a, true)
+		c.add(a, true, c.mark())
 		require.Same(t, a, c.current("eu", "alice", now))
 		// A newer DEK of the subject replaces the current one; the old
 		// stays for decryption.
 		a2 := testDEK(t, "eu", "alice", later)
-		c.add(a2, true)
+		c.add(a2, true, c.mark())
 		require.Same(t, a2, c.current("eu", "alice", now))
 		require.Same(t, a, c.get(a.ID(), now))
 		// Evicting the old one leaves the new one current.
@@ -122,8 +122,8 @@ func TestLRU(t *testing.T) {
 	t.Run("RemoveAndPurge", func(t *testing.T) {
 		c := newLRU(3)
 		a, b := testDEK(t, "eu", "alice", later), testDEK(t, "eu", "bob", later)
-		c.add(a, true)
-		c.add(b, true)
+		c.add(a, true, c.mark())
+		c.add(b, true, c.mark())
 		c.remove(a.ID())
 		c.remove(envelope.NewKeyID()) // not cached: no effect
 		require.Nil(t, c.get(a.ID(), now))
@@ -147,11 +147,11 @@ func TestLRUCurrentSlots(t *testing.T) {
 	t.Run("Replaced", func(t *testing.T) {
 		c := newLRU(8)
 		a := testDEK(t, "eu", "alice", later)
-		c.add(a, true)
+		c.add(a, true, c.mark())
 		require.Same(t, a, c.current("eu", "alice", now)) // fills the slot
 		require.Same(t, a, c.current("eu", "alice", now)) // from the slot
 		a2 := testDEK(t, "eu", "alice", later)
-		c.add(a2, true)
+		c.add(a2, true, c.mark())
 		require.Same(t, a2, c.current("eu", "alice", now), "a newer DEK replaces the slot's")
 		require.Same(t, a, c.get(a.ID(), now), "the old one stays for decryption")
 		// The same subject in another zone is another DEK.
@@ -168,8 +168,8 @@ func TestLRUCurrentSlots(t *testing.T) {
 			}
 		}
 		d1, d2 := testDEK(t, "eu", s1, later), testDEK(t, "eu", s2, later)
-		c.add(d1, true)
-		c.add(d2, true)
+		c.add(d1, true, c.mark())
+		c.add(d2, true, c.mark())
 		for range 3 {
 			require.Same(t, d1, c.current("eu", s1, now))
 			require.Same(t, d2, c.current("eu", s2, now))
@@ -180,15 +180,15 @@ func TestLRUCurrentSlots(t *testing.T) {
 	t.Run("Dropped", func(t *testing.T) {
 		c := newLRU(8)
 		a, b := testDEK(t, "eu", "alice", later), testDEK(t, "eu", "bob", later)
-		c.add(a, true)
-		c.add(b, true)
+		c.add(a, true, c.mark())
+		c.add(b, true, c.mark())
 		require.Same(t, a, c.current("eu", "alice", now))
 		require.Same(t, b, c.current("eu", "bob", now))
 		require.Equal(t, 1, c.removeWhere(func(d *DEK) bool { return d.Subject == "alice" }))
 		require.Nil(t, c.current("eu", "alice", now), "a removed DEK leaves its slot")
 		require.Nil(t, c.get(a.ID(), now))
 		require.Same(t, b, c.current("eu", "bob", now))
-		c.add(a, false) // cached again for decryption only
+		c.add(a, false, c.mark()) // cached again for decryption only
 		require.Nil(t, c.current("eu", "alice", now))
 		c.purge()
 		require.Nil(t, c.current("eu", "bob", now))
@@ -196,10 +196,26 @@ func TestLRUCurrentSlots(t *testing.T) {
 		requireConsistent(t, c)
 	})
 
+	t.Run("ReadBeforeForget", func(t *testing.T) {
+		// A DEK read from the store before a forget (a shred or move
+		// removed its row meanwhile) is not cached after it; one read
+		// after it is.
+		c := newLRU(8)
+		a, b := testDEK(t, "eu", "alice", later), testDEK(t, "eu", "bob", later)
+		before := c.mark()
+		require.Equal(t, 0, c.forget(func(d *DEK) bool { return d.Subject == "alice" }))
+		c.add(a, true, before)
+		require.Nil(t, c.get(a.ID(), now), "read before the forget")
+		require.Nil(t, c.current("eu", "alice", now))
+		c.add(b, true, c.mark())
+		require.Same(t, b, c.current("eu", "bob", now), "read after the forget")
+		requireConsistent(t, c)
+	})
+
 	t.Run("Expired", func(t *testing.T) {
 		c := newLRU(8)
 		a := testDEK(t, "eu", "alice", later)
-		c.add(a, true)
+		c.add(a, true, c.mark())
 		require.Same(t, a, c.current("eu", "alice", now))
 		require.Nil(t, c.current("eu", "alice", later), "expired in its slot")
 		require.Zero(t, c.len())

@@ -319,6 +319,7 @@ func (k *Keyring) DataKey(ctx context.Context, zone, subject string) (*DEK, erro
 // goroutine (ErrExists) reads the winner's row instead.
 func (k *Keyring) currentDEK(ctx context.Context, zs *zoneState, cust kms.Custodian, zone, subject string, create func() (*DEK, error)) (*DEK, error) {
 	for attempt := 0; ; attempt++ {
+		mark := k.cache.mark()
 		row, err := k.store.LatestDEK(ctx, zone, subject)
 		if err == nil {
 			// The wrap binds the row's own zone and subject, so a row
@@ -330,7 +331,7 @@ func (k *Keyring) currentDEK(ctx context.Context, zs *zoneState, cust kms.Custod
 			if err != nil {
 				return nil, err
 			}
-			k.cache.add(d, true)
+			k.cache.add(d, true, mark)
 			return d, nil
 		}
 		if !errors.Is(err, ErrUnknownKey) {
@@ -343,7 +344,7 @@ func (k *Keyring) currentDEK(ctx context.Context, zs *zoneState, cust kms.Custod
 		if err != nil {
 			return nil, err
 		}
-		k.cache.add(d, true)
+		k.cache.add(d, true, mark)
 		return d, nil
 	}
 }
@@ -358,6 +359,7 @@ func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 	if d, err := k.cachedKey(ctx, id); d != nil || err != nil {
 		return d, err
 	}
+	mark := k.cache.mark()
 	row, err := k.store.DEK(ctx, id)
 	if errors.Is(err, ErrUnknownKey) {
 		return nil, k.unknownDEK(ctx, id, err)
@@ -375,7 +377,7 @@ func (k *Keyring) Key(ctx context.Context, id envelope.KeyID) (*DEK, error) {
 	if err != nil {
 		return nil, err
 	}
-	return k.load(kms.WithCaller(ctx, caller), row)
+	return k.load(kms.WithCaller(ctx, caller), row, mark)
 }
 
 // Prefetch loads the DEKs among ids that are not cached with one Store
@@ -395,6 +397,7 @@ func (k *Keyring) Prefetch(ctx context.Context, ids []envelope.KeyID) error {
 	if len(missing) == 0 {
 		return nil
 	}
+	mark := k.cache.mark()
 	rows, err := k.store.DEKs(ctx, missing)
 	if err != nil {
 		return err
@@ -420,14 +423,16 @@ func (k *Keyring) Prefetch(ctx context.Context, ids []envelope.KeyID) error {
 		if d.err != nil {
 			continue
 		}
-		if _, err := k.load(kms.WithCaller(ctx, d.caller), row); err != nil {
+		if _, err := k.load(kms.WithCaller(ctx, d.caller), row, mark); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (k *Keyring) load(ctx context.Context, row DEKRow) (*DEK, error) {
+// load unwraps row, read from the store after k.cache.mark returned mark,
+// and caches it.
+func (k *Keyring) load(ctx context.Context, row DEKRow, mark uint64) (*DEK, error) {
 	zs, cust, err := k.zone(row.Zone)
 	if err != nil {
 		return nil, fmt.Errorf("DEK %s: %w", row.ID, err)
@@ -436,7 +441,7 @@ func (k *Keyring) load(ctx context.Context, row DEKRow) (*DEK, error) {
 	if err != nil {
 		return nil, err
 	}
-	k.cache.add(d, false)
+	k.cache.add(d, false, mark)
 	return d, nil
 }
 
@@ -474,6 +479,7 @@ func (k *Keyring) rollingKey(ctx context.Context, zone string) (*DEK, error) {
 				return nil, err
 			}
 		}
+		mark := k.cache.mark()
 		d, err := k.createDEKLocked(ctx, zs, cust, zone, "", gen)
 		if errors.Is(err, ErrExists) {
 			var b [1]byte
@@ -485,7 +491,7 @@ func (k *Keyring) rollingKey(ctx context.Context, zone string) (*DEK, error) {
 			return nil, err
 		}
 		zs.rolling = &rollingDEK{dek: d, created: now, uses: 1}
-		k.cache.add(d, false)
+		k.cache.add(d, false, mark)
 		return d, nil
 	}
 	return nil, fmt.Errorf("%w: zone %q: could not allocate a rolling DEK generation under contention", ErrStore, zone)

@@ -163,7 +163,7 @@ func (k *Keyring) ShredSubject(ctx context.Context, zone, subject string) (Shred
 
 // forgetSubject drops the subject's DEKs from the cache.
 func (k *Keyring) forgetSubject(zone, subject string) {
-	k.cache.removeWhere(func(d *DEK) bool { return d.Zone == zone && d.Subject == subject })
+	k.cache.forget(func(d *DEK) bool { return d.Zone == zone && d.Subject == subject })
 }
 
 // latestEpoch returns the zone's latest epoch, or a zero row (Number 0).
@@ -347,7 +347,7 @@ func (k *Keyring) ShredZone(ctx context.Context, zone, confirm string) (Tombston
 
 // forgetZone drops the zone's keys from memory.
 func (k *Keyring) forgetZone(zs *zoneState, zone string) {
-	k.cache.removeWhere(func(d *DEK) bool { return d.Zone == zone })
+	k.cache.forget(func(d *DEK) bool { return d.Zone == zone })
 	zs.mu.Lock()
 	zs.versions = map[uint32]*zoneKey{}
 	zs.current, zs.rolling = 0, nil

@@ -618,3 +618,61 @@ func TestShredDuringFirstCreate(t *testing.T) {
 	_, err = e.cold(t).DataKey(t.Context(), "eu", "alice")
 	require.ErrorIs(t, err, keystore.ErrKeyShredded, "a fresh process")
 }
+
+// pauseAfterDEKRead holds the keyring's first DEK read until released,
+// after the row has been read.
+type pauseAfterDEKRead struct {
+	*boltstore.Store
+	once          sync.Once
+	read, proceed chan struct{}
+}
+
+func (s *pauseAfterDEKRead) DEK(ctx context.Context, id envelope.KeyID) (keystore.DEKRow, error) {
+	row, err := s.Store.DEK(ctx, id)
+	s.once.Do(func() { close(s.read); <-s.proceed })
+	return row, err
+}
+
+// TestShredDuringKeyMiss: in the shredding process, a Key call that read
+// the DEK row just before the shred finishes after it. It returns the DEK
+// (it started before the shred) but does not cache it, so the next call is
+// refused at once, as a shred promises its own process.
+func TestShredDuringKeyMiss(t *testing.T) {
+	for _, op := range []string{"shred", "move"} {
+		t.Run(op, func(t *testing.T) {
+			e := newRotEnv(t)
+			recs := makeDEKs(t, e.keyring(t), "eu", "alice", 1)
+			hs := &pauseAfterDEKRead{Store: e.store, read: make(chan struct{}), proceed: make(chan struct{})}
+			k := e.keyring(t, func(c *keystore.Config) { c.Store = hs })
+			done := make(chan error, 1)
+			go func() {
+				_, err := k.Key(context.Background(), recs[0].id)
+				done <- err
+			}()
+			<-hs.read
+			var want error
+			if op == "shred" {
+				_, err := k.ShredSubject(t.Context(), "eu", recs[0].bind.Subject)
+				require.NoError(t, err)
+				want = keystore.ErrKeyShredded
+			} else {
+				_, err := k.MoveSubject(t.Context(), recs[0].bind.Subject, "eu", "us")
+				require.NoError(t, err)
+				want = keystore.ErrSubjectMoved
+			}
+			close(hs.proceed)
+			require.NoError(t, <-done, "the call that read the row before the %s", op)
+			_, err := k.Key(t.Context(), recs[0].id)
+			if op == "move" {
+				// The row now opens in us; this process may use us
+				// too, so it is served from the store, as us's.
+				require.NoError(t, err)
+				d, err := k.Key(t.Context(), recs[0].id)
+				require.NoError(t, err)
+				require.Equal(t, "us", d.Zone, "after the move: the DEK as us's, not a cached eu copy")
+				return
+			}
+			require.ErrorIs(t, err, want, "after the %s", op)
+		})
+	}
+}
