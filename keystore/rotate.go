@@ -62,6 +62,7 @@ import (
 	"time"
 
 	"github.com/zonekey/zonekey/audit"
+	"github.com/zonekey/zonekey/envelope"
 	"github.com/zonekey/zonekey/kms"
 )
 
@@ -484,12 +485,13 @@ func (r *rotation) advance(v uint32) {
 
 // rewrapDEKs rewraps the DEK rows of a page under zone-key version target
 // and returns how many it rewrapped (rows already at target or newer, or
-// deleted meanwhile, are not). With a BatchRotationStore the page is
-// written in one transaction: the rows' new wraps are computed and their
-// events audited first (in one batch, audit.RecordBatch), as rewrapDEK
-// does for one, then all are updated at once, and a row some other
-// process rewrapped meanwhile goes through rewrapDEK again from what the
-// store now holds.
+// deleted or moved to another zone meanwhile, are not). With a
+// BatchRotationStore the page is written in one transaction: the rows' new
+// wraps are computed and their events audited first (in one batch,
+// audit.RecordBatch), as rewrapDEK does for one, then all are updated at
+// once, and a row some other process rewrapped meanwhile goes through
+// rewrapDEK again from what the store now holds, unless it has left the
+// zone (reread).
 func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32) (int, error) {
 	bs, ok := r.rs.(BatchRotationStore)
 	if !ok || len(rows) < 2 {
@@ -541,12 +543,12 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 		case errors.Is(err, ErrUnknownKey):
 			// deleted meanwhile (a shred): nothing to rewrap
 		case errors.Is(err, ErrConflict):
-			row, err := r.k.store.DEK(ctx, id)
-			if errors.Is(err, ErrUnknownKey) {
-				continue
-			}
+			row, gone, err := r.reread(ctx, id)
 			if err != nil {
-				return n, fmt.Errorf("DEK %s: %w", id, err)
+				return n, err
+			}
+			if gone {
+				continue
 			}
 			done, err := r.rewrapDEK(ctx, row, target)
 			if err != nil {
@@ -564,13 +566,11 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 
 // rewrapDEK rewraps one DEK row under zone-key version target. It reports
 // false if there was nothing to do: the row was already at target or newer
-// (rewrapped by a concurrent rotation), or has been deleted.
+// (rewrapped by a concurrent rotation), or has been deleted or moved to
+// another zone.
 func (r *rotation) rewrapDEK(ctx context.Context, row DEKRow, target uint32) (bool, error) {
 	id := row.ID
 	for attempt := 1; ; attempt++ {
-		if row.ID != id {
-			return false, fmt.Errorf("%w: store returned DEK %s for DEK %s", ErrTampered, row.ID, id)
-		}
 		u, ev, ok, err := r.prepareRewrap(ctx, row, target)
 		if err != nil || !ok {
 			return false, err
@@ -587,20 +587,40 @@ func (r *rotation) rewrapDEK(ctx context.Context, row DEKRow, target uint32) (bo
 		case !errors.Is(err, ErrConflict) || attempt == maxCASAttempts:
 			return false, fmt.Errorf("DEK %s: %w", id, err)
 		}
-		// Another process rewrapped it: look again.
-		row, err = r.k.store.DEK(ctx, id)
-		if errors.Is(err, ErrUnknownKey) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("DEK %s: %w", id, err)
+		// Another process rewrapped it, or moved it: look again.
+		var gone bool
+		row, gone, err = r.reread(ctx, id)
+		if err != nil || gone {
+			return false, err
 		}
 	}
 }
 
+// reread reads DEK row id again after a rewrap of it lost its
+// compare-and-swap. It reports gone if the row has left the zone
+// meanwhile: deleted (a shred), or of another zone (a move, which keeps
+// the row's id); either way there is nothing to rewrap, and nothing to
+// audit. A row of another zone is tampering only when the zone's own scan
+// returns it (prepareRewrap), not when it is found by id after a move.
+func (r *rotation) reread(ctx context.Context, id envelope.KeyID) (row DEKRow, gone bool, err error) {
+	row, err = r.k.store.DEK(ctx, id)
+	switch {
+	case errors.Is(err, ErrUnknownKey):
+		return row, true, nil
+	case err != nil:
+		return row, false, fmt.Errorf("DEK %s: %w", id, err)
+	case row.ID != id:
+		return row, false, fmt.Errorf("%w: store returned DEK %s for DEK %s", ErrTampered, row.ID, id)
+	case row.Zone != r.zone:
+		return row, true, nil
+	}
+	return row, false, nil
+}
+
 // prepareRewrap returns the update that rewraps row under zone-key version
 // target and the event that audits it, or ok false if row is at target or
-// newer already. A row of another zone is ErrTampered.
+// newer already. A row of another zone is ErrTampered: prepareRewrap is
+// given the rows of the zone's scan, and reread's rows of the zone.
 func (r *rotation) prepareRewrap(ctx context.Context, row DEKRow, target uint32) (u DEKWrapUpdate, ev audit.Event, ok bool, err error) {
 	if row.Zone != r.zone {
 		return u, ev, false, fmt.Errorf("%w: store returned DEK %s of zone %q in zone %q", ErrTampered, row.ID, row.Zone, r.zone)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -441,10 +442,11 @@ func (s *meetingStore) UpdateZoneKeyWrap(ctx context.Context, zone string, versi
 }
 
 // rowByRow hides the batch update of the store it wraps, so that
-// rotations over it rewrap one row per update.
+// rotations and epochs over it rewrap one row per update.
 type rowByRow struct {
 	keystore.Store
 	keystore.RotationStore
+	keystore.LifecycleStore
 }
 
 // Two rotations of one zone at once, from two keyrings: over a store that
@@ -455,7 +457,7 @@ func TestRotateZoneKeyRace(t *testing.T) {
 		store func(*meetingStore) keystore.Store
 	}{
 		{"batch", func(s *meetingStore) keystore.Store { return s }},
-		{"row by row", func(s *meetingStore) keystore.Store { return rowByRow{s, s} }},
+		{"row by row", func(s *meetingStore) keystore.Store { return rowByRow{s, s, s} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testRotateZoneKeyRace(t, tc.store) })
 	}
@@ -780,4 +782,145 @@ func TestRotateZoneKeyShredDuringBatch(t *testing.T) {
 	require.Zero(t, res.Remaining)
 	require.Equal(t, map[uint32]int{2: n - 1}, dekVersions(t, e.store, "eu"))
 	requireOpens(t, e.cold(t), append(recs[:3:3], recs[4:]...), "cold keyring")
+}
+
+// moveBeforeWrite is a store that runs move once, right before the first
+// write of a rewrap of DEK id (in a batch or alone): a move of id's subject
+// to another zone that lands between a rotation's scan, and the audit of
+// the rewrap, and its write.
+type moveBeforeWrite struct {
+	*boltstore.Store
+	id   envelope.KeyID
+	move func()
+	once sync.Once
+}
+
+func (s *moveBeforeWrite) UpdateDEKWraps(ctx context.Context, updates []keystore.DEKWrapUpdate) ([]error, error) {
+	if slices.ContainsFunc(updates, func(u keystore.DEKWrapUpdate) bool { return u.ID == s.id }) {
+		s.once.Do(s.move)
+	}
+	return s.Store.UpdateDEKWraps(ctx, updates)
+}
+
+func (s *moveBeforeWrite) UpdateDEKWrap(ctx context.Context, id envelope.KeyID, prevVersion uint32, prev, wrapped []byte, version uint32) error {
+	if id == s.id {
+		s.once.Do(s.move)
+	}
+	return s.Store.UpdateDEKWrap(ctx, id, prevVersion, prev, wrapped, version)
+}
+
+// A subject moved to another zone while a zone-key rotation or a key epoch
+// of its source zone rewraps the zone is skipped, as a shredded one is:
+// the conflict's re-read finds its row in the target zone, which is the
+// move's doing, not tampering. The other rows are rewrapped, the moved one
+// is left as the move stored it, and no event recorded after the move
+// claims a rewrap of it (the one audited before the write that lost to
+// the move stands, as for a shred). Over a store that rewraps a page in
+// one batch, and over one that rewraps row by row.
+func TestRewrapSkipsSubjectMovedMeanwhile(t *testing.T) {
+	rotate := func(k *keystore.Keyring) (int, uint32, error) {
+		res, err := k.RotateZoneKey(t.Context(), "eu", keystore.ZoneKeyRotation{})
+		return res.Rewrapped, res.Version, err
+	}
+	epoch := func(k *keystore.Keyring) (int, uint32, error) {
+		res, err := k.Epoch(t.Context(), "eu", keystore.EpochOptions{Settle: -1})
+		return res.Rewrapped, res.ZoneKeyVersion, err
+	}
+	for _, tc := range []struct {
+		name  string
+		store func(*moveBeforeWrite) keystore.Store
+		run   func(*keystore.Keyring) (rewrapped int, version uint32, err error)
+	}{
+		{"rotation, batch", func(s *moveBeforeWrite) keystore.Store { return s }, rotate},
+		{"rotation, row by row", func(s *moveBeforeWrite) keystore.Store { return rowByRow{s, s, s} }, rotate},
+		{"epoch, batch", func(s *moveBeforeWrite) keystore.Store { return s }, epoch},
+		{"epoch, row by row", func(s *moveBeforeWrite) keystore.Store { return rowByRow{s, s, s} }, epoch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRotEnv(t)
+			mover := e.keyring(t)
+			alice := makeDEKs(t, mover, "eu", "alice", 1)
+			bob := makeDEKs(t, mover, "eu", "bob", 3)
+			events := &sink{}
+			moved := -1 // events recorded before the move
+			store := &moveBeforeWrite{Store: e.store, id: alice[0].id, move: func() {
+				events.mu.Lock()
+				moved = len(events.events)
+				events.mu.Unlock()
+				_, err := mover.MoveSubject(t.Context(), "alice-00000", "eu", "us")
+				require.NoError(t, err)
+			}}
+			k := e.keyring(t, func(c *keystore.Config) { c.Store, c.Audit = tc.store(store), events })
+
+			n, version, err := tc.run(k)
+			require.NoError(t, err, "a concurrent move is not tampering")
+			require.GreaterOrEqual(t, moved, 0, "the move ran during the rewrap")
+			require.Equal(t, 3, n, "bob's rows, not alice's")
+			require.Equal(t, map[uint32]int{version: 3}, dekVersions(t, e.store, "eu"))
+			row, err := e.store.DEK(t.Context(), alice[0].id)
+			require.NoError(t, err)
+			require.Equal(t, "us", row.Zone)
+			require.True(t, row.Pending(), "left as the move stored it")
+
+			events.mu.Lock()
+			after := events.events[moved:]
+			events.mu.Unlock()
+			for _, ev := range after {
+				if ev.Action == audit.Rewrap {
+					require.NotEqual(t, alice[0].id.String(), ev.DEK, "an event after the move claims a rewrap of the moved DEK: %+v", ev)
+					require.Equal(t, audit.Allow, ev.Decision, "%+v", ev)
+				}
+			}
+			requireOpens(t, e.cold(t), append(alice, bob...), "cold keyring")
+		})
+	}
+}
+
+// foreignScan is a store whose scan of zone also returns the DEK rows of
+// zone other, as a store that mixes zones up would.
+type foreignScan struct {
+	*boltstore.Store
+	zone, other string
+}
+
+func (s *foreignScan) ScanDEKs(ctx context.Context, zone, cursor string, limit int) ([]keystore.DEKRow, string, error) {
+	rows, next, err := s.Store.ScanDEKs(ctx, zone, cursor, limit)
+	if err != nil || zone != s.zone || next != "" {
+		return rows, next, err
+	}
+	foreign, _, err := s.Store.ScanDEKs(ctx, s.other, "", 1000)
+	return append(rows, foreign...), "", err
+}
+
+// A row of another zone in the zone's own scan is still tampering, unlike
+// one found by id after a move: the rotation stops with ErrTampered and
+// leaves the other zone's row as it was. Over a store that rewraps a page
+// in one batch, and over one that rewraps row by row.
+func TestRotateZoneKeyForeignRowTampered(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		store func(*foreignScan) keystore.Store
+	}{
+		{"batch", func(s *foreignScan) keystore.Store { return s }},
+		{"row by row", func(s *foreignScan) keystore.Store { return rowByRow{s, s, s} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRotEnv(t)
+			k := e.keyring(t)
+			recs := makeDEKs(t, k, "eu", "s", 3)
+			us := makeDEKs(t, k, "us", "s", 1)
+			before, err := e.store.DEK(t.Context(), us[0].id)
+			require.NoError(t, err)
+
+			store := &foreignScan{Store: e.store, zone: "eu", other: "us"}
+			_, err = e.keyring(t, func(c *keystore.Config) { c.Store = tc.store(store) }).
+				RotateZoneKey(t.Context(), "eu", keystore.ZoneKeyRotation{})
+			require.ErrorIs(t, err, keystore.ErrTampered)
+			require.Contains(t, err.Error(), us[0].id.String())
+			after, err := e.store.DEK(t.Context(), us[0].id)
+			require.NoError(t, err)
+			require.Equal(t, before, after, "the foreign row is left as it is")
+			requireOpens(t, e.cold(t), append(recs, us...), "cold keyring")
+		})
+	}
 }
