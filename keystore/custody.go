@@ -96,12 +96,6 @@ func (p *RegionPolicy) Authorize(ctx context.Context, zone string) (Caller, erro
 	return p.decide(zone, loc, token, err)
 }
 
-// untilAttestor is an Attestor that also says how long its answer holds;
-// *attest.Attestor implements it.
-type untilAttestor interface {
-	CurrentUntil(ctx context.Context) (attest.Location, string, time.Time, error)
-}
-
 // decisionTTL bounds how long the keyring reuses a RegionPolicy's allow
 // decision. It is attest.DefaultRefreshInterval: an Attestor with the
 // default interval does not look at new evidence more often.
@@ -118,7 +112,11 @@ func (p *RegionPolicy) authorizeUntil(ctx context.Context, zone string, now time
 	var err error
 	switch a := p.Attestor.(type) {
 	case nil:
-	case untilAttestor:
+	case *attest.Attestor:
+		// The type itself, not any Attestor with a CurrentUntil: a
+		// wrapper that embeds *attest.Attestor to add a check of its
+		// own in Current would also have the embedded CurrentUntil,
+		// which does not make that check.
 		var valid time.Time
 		loc, token, valid, err = a.CurrentUntil(ctx)
 		if valid.Before(until) {

@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -507,4 +508,51 @@ func TestSharedAuxKeysDecisionBound(t *testing.T) {
 	e.clock.Advance(time.Second)
 	_, err = k.SharedAuxKeys(ctx, "eu", keystore.AuxIndex, "EmailIdx")
 	require.ErrorIs(t, err, keystore.ErrAttestation)
+}
+
+// revocable wraps an *attest.Attestor to add a check of its own: it refuses
+// while revoked is set. It overrides Current, the method Attestor names,
+// and inherits the embedded Attestor's other methods.
+type revocable struct {
+	*attest.Attestor
+	revoked *atomic.Bool
+}
+
+func (r revocable) Current(ctx context.Context) (attest.Location, string, error) {
+	if r.revoked.Load() {
+		return attest.Location{}, "", fmt.Errorf("%w: workload identity revoked", keystore.ErrAttestation)
+	}
+	return r.Attestor.Current(ctx)
+}
+
+// TestCustodyWrappedAttestorAskedEveryCall: a RegionPolicy whose Attestor
+// wraps *attest.Attestor asks the wrapper's Current on every call, cache
+// hits and misses, DEKs and index keys alike: the wrapper's own check is
+// not skipped through the CurrentUntil it inherits.
+func TestCustodyWrappedAttestorAskedEveryCall(t *testing.T) {
+	e := newCustodyEnv(t)
+	revoked := &atomic.Bool{}
+	k := e.env.keyring(t, func(c *keystore.Config) {
+		c.Now = nil
+		c.Policy = &keystore.RegionPolicy{
+			Regions:  map[string][]string{"eu": {"europe-west1"}},
+			Attestor: revocable{Attestor: e.callers["europe-west1"], revoked: revoked},
+		}
+	})
+	alice := dataKey(t, k, "eu", "alice")
+	key(t, k, alice.ID())
+	_, err := k.AuxKeys(t.Context(), "eu", keystore.AuxIndex, "Email")
+	require.NoError(t, err)
+
+	revoked.Store(true)
+	for name, call := range map[string]func() error{
+		"DataKey hit":  func() error { _, err := k.DataKey(t.Context(), "eu", "alice"); return err },
+		"DataKey miss": func() error { _, err := k.DataKey(t.Context(), "eu", "bob"); return err },
+		"Key hit":      func() error { _, err := k.Key(t.Context(), alice.ID()); return err },
+		"AuxKeys":      func() error { _, err := k.AuxKeys(t.Context(), "eu", keystore.AuxIndex, "Email"); return err },
+	} {
+		require.ErrorIs(t, call(), keystore.ErrAttestation, name)
+	}
+	revoked.Store(false)
+	dataKey(t, k, "eu", "bob")
 }
