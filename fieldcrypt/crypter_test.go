@@ -436,6 +436,64 @@ func TestCyclicValues(t *testing.T) {
 		require.NoError(t, e.c.Decrypt(ctx, r))
 		require.Equal(t, "SECRET-2997", r.List.Next.Next.Label)
 	})
+	t.Run("too deep a list is refused, not a stack overflow", func(t *testing.T) {
+		type rec struct {
+			ID     string `zonekey:"subject"`
+			Region string `zonekey:"zone"`
+			List   *Node
+		}
+		r := &rec{ID: "s1", Region: "eu"}
+		for i := range 20000 {
+			r.List = &Node{Label: fmt.Sprint("SECRET-", i), Next: r.List}
+		}
+		err := e.c.Encrypt(ctx, r)
+		require.ErrorIs(t, err, fieldcrypt.ErrInvalidValue)
+		require.ErrorContains(t, err, "deep")
+		require.Equal(t, "SECRET-19999", r.List.Label, "unchanged")
+	})
+}
+
+// TestSharedNodes: a value whose nodes are shared many times over (each
+// node's Left and only child are the next node: 2^depth paths through 41
+// nodes) is walked once per node and binding, not once per path: it seals
+// and opens in moments, and each shared label once.
+func TestSharedNodes(t *testing.T) {
+	e := newEnv(t)
+	var next *Tree
+	var nodes []*Tree
+	for i := range 40 {
+		next = &Tree{Label: fmt.Sprint("SECRET-", i), Left: next, Children: []*Tree{next}}
+		nodes = append(nodes, next)
+	}
+	root := &Tree{ID: "s1", Region: "eu", Label: "SECRET-root", Left: next, Children: []*Tree{next}}
+	require.NoError(t, e.c.Encrypt(ctx, root))
+	for _, n := range nodes {
+		require.True(t, envelope.IsText(n.Label), "sealed")
+	}
+	require.NoError(t, e.c.Decrypt(ctx, root))
+	for i, n := range nodes {
+		require.Equal(t, fmt.Sprint("SECRET-", i), n.Label)
+	}
+
+	t.Run("shared between map entries", func(t *testing.T) {
+		// Past the point where the walk remembers what it walked, a
+		// value reached under two map keys is refused, as the alias
+		// check refuses it before that point.
+		type rec struct {
+			ID     string `zonekey:"subject"`
+			Region string `zonekey:"zone"`
+			ByKey  map[string]*Node
+		}
+		r := &rec{ID: "s1", Region: "eu", ByKey: map[string]*Node{}}
+		for i := range 2000 {
+			r.ByKey[fmt.Sprint("k", i)] = &Node{Label: "SECRET"}
+		}
+		shared := &Node{Label: "SECRET-shared"}
+		r.ByKey["a"], r.ByKey["b"] = shared, shared
+		err := e.c.Encrypt(ctx, r)
+		require.ErrorIs(t, err, fieldcrypt.ErrInvalidValue)
+		require.Equal(t, "SECRET-shared", shared.Label, "unchanged")
+	})
 }
 
 // TestErrorText: errors name the type, path and zone, never a value.

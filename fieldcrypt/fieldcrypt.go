@@ -226,6 +226,18 @@ func (c *Crypter) Decrypt(ctx context.Context, v any, opts ...CallOption) error 
 // value instead of recursing forever (encoding/json does the same).
 const cycleCheckDepth = 1000
 
+// maxDepth bounds the nesting depth of pointers, slices and maps the walker
+// follows: an acyclic list deeper than this is refused with ErrInvalidValue
+// instead of exhausting the stack (a fatal error, not a panic).
+const maxDepth = 10000
+
+// memoAfter is the number of pointers, slices and maps a walk enters
+// before it starts to remember them with the binding it walked them
+// under, so that one shared many times (a DAG: two fields of each node
+// pointing to the next) is walked once, not once per path, which can be
+// exponentially many.
+const memoAfter = 1024
+
 // mode is what a walk does.
 type mode uint8
 
@@ -261,6 +273,15 @@ type walker struct {
 	targets []target // alias check scratch
 	depth   int
 	seen    map[seenKey]struct{} // beyond cycleCheckDepth: pointers on the way
+	entered int                  // pointers, slices and maps entered
+	// walked, past memoAfter entered: the pointers, slices and maps
+	// walked in full, by plan node, with the map key bound below them.
+	walked map[walkedKey]string
+}
+
+type walkedKey struct {
+	seenKey
+	n *node
 }
 
 type seenKey struct {
@@ -605,40 +626,64 @@ func (w *walker) fail(n *node, mapKey, zone string, err error) error {
 	return &FieldError{Op: w.op(), Type: w.typ, Path: path, Zone: zone, Err: err}
 }
 
-// enter notes one more level of pointer, slice or map nesting. Past
-// cycleCheckDepth it remembers the pointer, slice or map v and refuses a
-// value that is its own ancestor. Every successful enter is paired with a
-// leave.
-func (w *walker) enter(v reflect.Value) bool {
+// enter notes one more level of pointer, slice or map nesting, for the
+// pointer, slice or map v at n. Past cycleCheckDepth it remembers v and
+// refuses a value that is its own ancestor; past maxDepth it refuses the
+// value. Past memoAfter entries it reports skip for a v already walked at n
+// under the same map key (its writes are pending already), and refuses one
+// walked under another map key (its values cannot be bound to both). Every
+// enter that returns no error and no skip is paired with a leave.
+func (w *walker) enter(v reflect.Value, n *node, mapKey string) (skip bool, err error) {
+	if w.entered++; w.entered > memoAfter {
+		k := walkedKey{w.key(v), n}
+		if prev, ok := w.walked[k]; ok {
+			if prev == mapKey {
+				return true, nil
+			}
+			return false, w.fail(n, mapKey, "", fmt.Errorf("%w: the value is shared between map entries %q and %q (it cannot be bound to both)", ErrInvalidValue, prev, mapKey))
+		}
+		if w.walked == nil {
+			w.walked = make(map[walkedKey]string)
+		}
+		w.walked[k] = mapKey
+	}
 	w.depth++
 	if w.depth <= cycleCheckDepth {
-		return true
+		return false, nil
 	}
-	k := seenKey{v.UnsafePointer(), 0, v.Type()}
-	if v.Kind() == reflect.Slice {
-		k.n = v.Len()
+	if w.depth > maxDepth {
+		w.depth--
+		return false, w.fail(n, mapKey, "", errTooDeep)
 	}
+	k := w.key(v)
 	if _, dup := w.seen[k]; dup {
 		w.depth--
-		return false
+		return false, w.fail(n, mapKey, "", errCyclic)
 	}
 	if w.seen == nil {
 		w.seen = make(map[seenKey]struct{})
 	}
 	w.seen[k] = struct{}{}
-	return true
+	return false, nil
+}
+
+// key identifies the pointer, slice or map v.
+func (w *walker) key(v reflect.Value) seenKey {
+	k := seenKey{v.UnsafePointer(), 0, v.Type()}
+	if v.Kind() == reflect.Slice {
+		k.n = v.Len()
+	}
+	return k
 }
 
 func (w *walker) leave(v reflect.Value) {
 	if w.depth > cycleCheckDepth {
-		k := seenKey{v.UnsafePointer(), 0, v.Type()}
-		if v.Kind() == reflect.Slice {
-			k.n = v.Len()
-		}
-		delete(w.seen, k)
+		delete(w.seen, w.key(v))
 	}
 	w.depth--
 }
+
+var errTooDeep = fmt.Errorf("%w: the value nests pointers, slices and maps more than %d deep", ErrInvalidValue, maxDepth)
 
 var errCyclic = fmt.Errorf("%w: the value is cyclic (it contains itself)", ErrInvalidValue)
 
@@ -654,8 +699,8 @@ func (w *walker) visit(v reflect.Value, n *node, mapKey string) error {
 		if v.IsNil() {
 			return nil
 		}
-		if !w.enter(v) {
-			return w.fail(n, mapKey, "", errCyclic)
+		if skip, err := w.enter(v, n, mapKey); skip || err != nil {
+			return err
 		}
 		err := w.visit(v.Elem(), n.elem, mapKey)
 		w.leave(v)
@@ -679,8 +724,8 @@ func (w *walker) visit(v reflect.Value, n *node, mapKey string) error {
 		if v.Len() == 0 {
 			return nil
 		}
-		if !w.enter(v) {
-			return w.fail(n, mapKey, "", errCyclic)
+		if skip, err := w.enter(v, n, mapKey); skip || err != nil {
+			return err
 		}
 		err := w.visitElems(v, n, mapKey)
 		w.leave(v)
@@ -689,8 +734,8 @@ func (w *walker) visit(v reflect.Value, n *node, mapKey string) error {
 		if v.Len() == 0 {
 			return nil
 		}
-		if !w.enter(v) {
-			return w.fail(n, mapKey, "", errCyclic)
+		if skip, err := w.enter(v, n, mapKey); skip || err != nil {
+			return err
 		}
 		err := w.visitMap(v, n)
 		w.leave(v)
