@@ -16,9 +16,12 @@ const DefaultRefreshInterval = time.Second
 // An Attestor binds a Source to a Verifier and caches the current Location
 // of this process. Current is the hot path: when nothing changed, it is an
 // atomic load and two time comparisons. The Source is asked again at most
-// once per RefreshInterval, or as soon as the cached Location expires, and
-// the token is verified again only when it changed. It is safe for
-// concurrent use.
+// once per RefreshInterval, or as soon as the cached Location expires or
+// the evidence is due to be verified again. The token is verified again
+// when it changed, and otherwise when the Verifier would look its key up
+// again (its key set is older than an hour; see Verifier.Verify), so
+// evidence whose key the issuer withdrew stops being served within that
+// bound too. It is safe for concurrent use.
 type Attestor struct {
 	// RefreshInterval bounds how often the Source is asked for the
 	// evidence; zero means DefaultRefreshInterval. Set it before the first
@@ -38,6 +41,7 @@ type Attestor struct {
 type attestState struct {
 	loc       Location
 	token     string
+	recheck   time.Time // verify token again from this instant
 	err       error     // the refresh failed; returned until nextCheck
 	nextCheck time.Time // ask the Source again from this instant
 }
@@ -53,8 +57,9 @@ func NewAttestor(src Source, v *Verifier) *Attestor {
 // a failed refresh is remembered for RefreshInterval, so a broken Source is
 // not asked on every call. While a valid Location is cached, a Source error
 // or a new token that does not verify is reported only once the cached
-// Location expires: the evidence at hand still proves the location until
-// then, and the new token is tried again every RefreshInterval.
+// Location expires, or its evidence no longer verifies when it is verified
+// again: the evidence at hand still proves the location until then, and the
+// new token is tried again every RefreshInterval.
 func (a *Attestor) Current(ctx context.Context) (Location, string, error) {
 	loc, token, _, err := a.CurrentUntil(ctx)
 	return loc, token, err
@@ -62,10 +67,11 @@ func (a *Attestor) Current(ctx context.Context) (Location, string, error) {
 
 // CurrentUntil is Current, and with a Location also the instant until which
 // Current returns the same Location and token without asking the Source or
-// verifying anything: the earlier of the next refresh and the evidence's
-// expiry, by the Verifier's clock. A decision made on the Location holds
-// until then (keystore.RegionPolicy reuses its decisions so long). With an
-// error the instant is zero.
+// verifying anything: the earlier of the next refresh (which comes early if
+// the evidence is due to be verified again) and the evidence's expiry, by
+// the Verifier's clock. A decision made on the Location holds until then
+// (keystore.RegionPolicy reuses its decisions so long). With an error the
+// instant is zero.
 func (a *Attestor) CurrentUntil(ctx context.Context) (Location, string, time.Time, error) {
 	now := a.now()
 	if s := a.state.Load(); s != nil && now.Before(s.nextCheck) {
@@ -112,44 +118,64 @@ func (a *Attestor) refresh(ctx context.Context) (*attestState, error) {
 		interval = DefaultRefreshInterval
 	}
 	next := now.Add(interval)
-	// keep replaces the observation by the same evidence, checked again
-	// at next.
-	keep := func() *attestState {
-		s := &attestState{loc: old.loc, token: old.token, nextCheck: next}
-		a.state.Store(s)
-		return s
-	}
+	// held is whether old is evidence that may still stand.
+	held := old != nil && old.err == nil && now.Before(old.loc.Expiry)
 
 	tok, err := a.src.Token(ctx)
 	if err != nil {
-		if old != nil && old.err == nil && now.Before(old.loc.Expiry) {
-			return keep(), nil
-		}
 		if !errors.Is(err, ErrAttestation) {
 			err = fmt.Errorf("%w: attestation source: %w", ErrAttestation, err)
 		}
-		a.fail(ctx, err, next)
-		return nil, err
-	}
-	if old != nil && old.err == nil && tok == old.token && now.Before(old.loc.Expiry) {
-		return keep(), nil
-	}
-	a.verifies.Add(1)
-	loc, err := a.v.Verify(ctx, tok)
-	if err != nil {
-		// A new token that does not verify yet (its kid may be one the
-		// JWKS refetch rate limit has not let in) does not invalidate the
-		// previous evidence while that is valid; it is tried again next
-		// interval.
-		if old != nil && old.err == nil && now.Before(old.loc.Expiry) {
-			return keep(), nil
+	} else if !held || tok != old.token {
+		a.verifies.Add(1)
+		loc, recheck, verr := a.v.check(ctx, tok)
+		if verr == nil {
+			return a.store(loc, tok, recheck, next), nil
 		}
-		a.fail(ctx, err, next)
-		return nil, err
+		err = verr
 	}
-	s := &attestState{loc: loc, token: tok, nextCheck: next}
+	// The Source failed, or yielded the evidence held, or a new token that
+	// does not verify (yet: its kid may be one the JWKS refetch rate limit
+	// has not let in). The evidence held stands while it is valid; a new
+	// token is tried again next interval.
+	if held {
+		s, kerr := a.keep(ctx, old, now, next)
+		if kerr == nil {
+			return s, nil
+		}
+		if err == nil { // the Source yielded the token held
+			err = kerr
+		}
+	}
+	a.fail(ctx, err, next)
+	return nil, err
+}
+
+// keep serves the evidence old holds again, until next. Once old is due to
+// be verified again (its key set has aged past jwksMaxAge), it is, and an
+// error says it no longer verifies.
+func (a *Attestor) keep(ctx context.Context, old *attestState, now, next time.Time) (*attestState, error) {
+	loc, recheck := old.loc, old.recheck
+	if !now.Before(recheck) {
+		a.verifies.Add(1)
+		var err error
+		loc, recheck, err = a.v.check(ctx, old.token)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return a.store(loc, old.token, recheck, next), nil
+}
+
+// store makes verified evidence the observation in force: the Source is
+// asked again at next, or at recheck if that comes first.
+func (a *Attestor) store(loc Location, token string, recheck, next time.Time) *attestState {
+	s := &attestState{loc: loc, token: token, recheck: recheck, nextCheck: next}
+	if recheck.Before(next) {
+		s.nextCheck = recheck
+	}
 	a.state.Store(s)
-	return s, nil
+	return s
 }
 
 // fail remembers a failed refresh until next, unless it failed because the

@@ -366,3 +366,73 @@ func newAttestorEnv(t *testing.T, ttl time.Duration) *attestorEnv {
 	e.a = NewAttestor(e.src, e.v)
 	return e
 }
+
+// Evidence whose signing key the issuer withdrew stops being served once
+// its key set is jwksMaxAge old, though the token is far from its exp:
+// the Attestor verifies the evidence it keeps again at that bound, whether
+// the Source yields the same token, fails, or yields a new token that does
+// not verify. Up to the bound, the kept evidence stands.
+func TestAttestorDropsWithdrawnEvidence(t *testing.T) {
+	boom := errors.New("token file vanished")
+	tests := []struct {
+		name    string
+		then    func(t *testing.T, published *DevIssuer, src *countingSource)
+		want    string
+		wantErr error
+	}{
+		{
+			name: "same token",
+			then: func(*testing.T, *DevIssuer, *countingSource) {},
+			want: "is not a key of issuer",
+		},
+		{
+			name: "source fails",
+			then: func(_ *testing.T, _ *DevIssuer, src *countingSource) { src.set("", boom) },
+			want: "attestation source", wantErr: boom,
+		},
+		{
+			name: "new token does not verify",
+			then: func(t *testing.T, published *DevIssuer, src *countingSource) {
+				bad, err := published.Token("another-service", "europe-west1", "w", 24*time.Hour)
+				require.NoError(t, err)
+				src.set(bad, nil)
+			},
+			want: "aud",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			clk := newClock()
+			dev := newDev(t, testIssuer, clk)
+			v, publish := publishedVerifier(t, "file", clk, dev)
+			tok, err := dev.Token(testAudience, "europe-west1", "w", 24*time.Hour)
+			require.NoError(t, err)
+			src := &countingSource{token: tok}
+			a := NewAttestor(src, v)
+			_, _, err = a.Current(ctx)
+			require.NoError(t, err)
+
+			// The issuer withdraws the key: it now publishes another.
+			published := newDev(t, testIssuer, clk)
+			publish(jwksDoc(t, published.JWKS()))
+			tt.then(t, published, src)
+			clk.Advance(jwksMaxAge - time.Second)
+			loc, got, err := a.Current(ctx)
+			require.NoError(t, err, "within the bound, the evidence stands")
+			require.Equal(t, "europe-west1", loc.Region)
+			require.Equal(t, tok, got)
+
+			clk.Advance(time.Second)
+			loc, got, until, err := a.CurrentUntil(ctx)
+			require.ErrorIs(t, err, ErrAttestation)
+			if tt.wantErr != nil {
+				require.ErrorIs(t, err, tt.wantErr)
+			}
+			require.Contains(t, err.Error(), tt.want)
+			require.Equal(t, Location{}, loc)
+			require.Empty(t, got)
+			require.True(t, until.IsZero())
+		})
+	}
+}

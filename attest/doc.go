@@ -57,9 +57,14 @@
 // the evidence again (it sees the same token and is the last line of
 // defence). [IssuerConfig.MaxLifetime] refuses tokens that live too long.
 //
-// Verified tokens are cached until their exp: a key removed from an issuer's
-// JWKS stops new tokens at the next refetch (which also drops the cached
-// verifications made under it), but a token is never valid past its exp.
+// Verified tokens are cached until their exp, and a token is never valid
+// past its exp. A key removed from an issuer's JWKS stops verifying at the
+// next successful load of the JWKS (which also drops the cached
+// verifications made under it), within an hour: a set older than that is
+// loaded again, and a cached token, or an Attestor's evidence, whose key
+// was last found in a set that old has its key looked up again. A JWKS
+// that holds no usable key withdraws all of its issuer's keys. While the
+// JWKS cannot be loaded, the keys already loaded keep verifying.
 // Clock skew is tolerated for nbf and iat (up to [IssuerConfig.MaxSkew]); exp
 // is enforced without leeway, so skew never lengthens a token's life.
 //

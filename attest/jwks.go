@@ -2,6 +2,7 @@ package attest
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -37,7 +38,10 @@ const (
 	retryInterval = time.Second
 	// jwksMaxAge is how long a fetched set is used without a refetch, so
 	// that a key the issuer withdraws stops verifying within this bound
-	// even if no unknown kid ever appears.
+	// (once the withdrawal has been loaded) even if no unknown kid ever
+	// appears. It bounds cached verifications too: a cached token whose
+	// key was last found in a set older than this has its key looked up
+	// again (see Verifier.Verify and Attestor.Current).
 	jwksMaxAge   = time.Hour
 	fetchTimeout = 10 * time.Second
 )
@@ -73,12 +77,20 @@ func (k verKey) accepts(alg string) bool {
 	return false
 }
 
+// equal reports whether k is the public key pub.
+func (k verKey) equal(pub any) bool {
+	e, ok := k.key.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && e.Equal(pub)
+}
+
 func isCurve(key any, c elliptic.Curve) bool {
 	pk, ok := key.(*ecdsa.PublicKey)
 	return ok && pk.Curve == c
 }
 
-// keySet is an immutable snapshot of an issuer's usable keys by kid.
+// keySet is an immutable snapshot of an issuer's usable keys by kid. A set
+// loaded from a well-formed document without any usable key is empty: the
+// issuer withdrew all its keys.
 type keySet struct {
 	keys    map[string][]verKey
 	fetched time.Time
@@ -87,7 +99,7 @@ type keySet struct {
 // newKeySet keeps the keys of set that can verify signatures: asymmetric,
 // with a kid, not marked for encryption only, RSA of at least 2048 bits,
 // ECDSA on P-256, P-384 or P-521. Private keys contribute their public half.
-// A set without any usable key is an error.
+// A set without any usable key is errNoUsableKeys.
 func newKeySet(set *jose.JSONWebKeySet, now time.Time) (*keySet, error) {
 	if set == nil {
 		return nil, errors.New("no JWKS")
@@ -107,10 +119,15 @@ func newKeySet(set *jose.JSONWebKeySet, now time.Time) (*keySet, error) {
 		ks.keys[k.KeyID] = append(ks.keys[k.KeyID], verKey{alg: k.Algorithm, key: pub})
 	}
 	if len(ks.keys) == 0 {
-		return nil, errors.New("JWKS has no usable signature verification key (asymmetric, with a kid)")
+		return nil, errNoUsableKeys
 	}
 	return ks, nil
 }
+
+// errNoUsableKeys is newKeySet's error for a well-formed key set without a
+// usable key. Loaded again from an issuer's JWKS, such a set is no failure
+// to load: the issuer withdrew every key it had.
+var errNoUsableKeys = errors.New("JWKS has no usable signature verification key (asymmetric, with a kid)")
 
 // publicKey returns the public verification key of k, or nil if k is not a
 // usable asymmetric key.
@@ -156,13 +173,18 @@ func publicKey(k any) any {
 
 // parseJWKS decodes a JWKS document key by key, skipping keys this package
 // cannot parse (a new key type next to usable ones must not take the whole
-// set down).
+// set down). A document without a "keys" array is an error, not an empty
+// set: an empty set withdraws all of an issuer's keys, and a stray JSON
+// answer (an error object, null) must not.
 func parseJWKS(data []byte) (*jose.JSONWebKeySet, error) {
 	var raw struct {
 		Keys []json.RawMessage `json:"keys"`
 	}
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("JWKS is not valid JSON: %w", err)
+	}
+	if raw.Keys == nil {
+		return nil, errors.New(`JWKS has no "keys" array`)
 	}
 	if len(raw.Keys) > maxJWKSKeys {
 		return nil, fmt.Errorf("JWKS has %d keys; the limit is %d", len(raw.Keys), maxJWKSKeys)
@@ -263,13 +285,17 @@ type issuer struct {
 	fetches     atomic.Int64 // fetch attempts, for tests
 }
 
-// keys returns the keys of the issuer named kid. A kid that is not in the
-// current set, or a set older than jwksMaxAge, causes a refetch, at most
-// once per refetchInterval (retryInterval until a set was ever loaded).
-// When a refetch fails, a known kid keeps verifying with the stale set:
-// an unreachable JWKS endpoint must not stop a running fleet. onRefresh is
-// called with each newly loaded set.
-func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh func(*keySet)) ([]verKey, error) {
+// keys returns the keys of the issuer named kid and the set they come from.
+// A kid that is not in the current set, or a set older than jwksMaxAge,
+// causes a refetch, at most once per refetchInterval (retryInterval until a
+// set was ever loaded). When a refetch fails (the source cannot be read, or
+// its document cannot be parsed), a known kid keeps verifying with the
+// stale set: an unreachable JWKS endpoint must not stop a running fleet.
+// A refetch that yields a well-formed set without any usable key replaces
+// the set with an empty one: the issuer withdrew all its keys, and nothing
+// verifies until it publishes keys again. onRefresh is called with each
+// newly loaded set, empty ones included.
+func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh func(*keySet)) ([]verKey, *keySet, error) {
 	s := is.set.Load()
 	fresh := func(s *keySet) ([]verKey, bool) {
 		if s == nil {
@@ -279,17 +305,17 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 		return ks, ok && (is.load == nil || now.Sub(s.fetched) < jwksMaxAge)
 	}
 	if ks, ok := fresh(s); ok {
-		return ks, nil
+		return ks, s, nil
 	}
 	if is.load == nil {
-		return nil, fmt.Errorf("kid %.64q is not a key of issuer %q", kid, is.name)
+		return nil, nil, is.notAKey(s, kid, "")
 	}
 
 	is.fetchMu.Lock()
 	defer is.fetchMu.Unlock()
 	s = is.set.Load() // another caller may have fetched meanwhile
 	if ks, ok := fresh(s); ok {
-		return ks, nil
+		return ks, s, nil
 	}
 	stale := func() ([]verKey, bool) {
 		if s == nil {
@@ -304,9 +330,9 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 	}
 	if !is.lastAttempt.IsZero() && now.Sub(is.lastAttempt) < interval && !now.Before(is.lastAttempt) {
 		if ks, ok := stale(); ok {
-			return ks, nil
+			return ks, s, nil
 		}
-		return nil, fmt.Errorf("kid %.64q is not a key of issuer %q (JWKS refetch is rate-limited to one per %s)", kid, is.name, interval)
+		return nil, nil, is.notAKey(s, kid, fmt.Sprintf(" (JWKS refetch is rate-limited to one per %s)", interval))
 	}
 	prev := is.lastAttempt
 	is.lastAttempt = now
@@ -315,6 +341,11 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 	var ns *keySet
 	if err == nil {
 		ns, err = newKeySet(set, now)
+		if errors.Is(err, errNoUsableKeys) {
+			// The source answered with a well-formed set: an empty one
+			// withdraws every key, unlike a failure to load.
+			ns, err = &keySet{keys: map[string][]verKey{}, fetched: now}, nil
+		}
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -323,16 +354,43 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 			is.lastAttempt = prev
 		}
 		if ks, ok := stale(); ok {
-			return ks, nil
+			return ks, s, nil
 		}
-		return nil, fmt.Errorf("loading the keys of issuer %q from %s: %w", is.name, is.source, err)
+		return nil, nil, fmt.Errorf("loading the keys of issuer %q from %s: %w", is.name, is.source, err)
 	}
 	is.set.Store(ns)
 	if onRefresh != nil {
 		onRefresh(ns)
 	}
 	if ks, ok := ns.keys[kid]; ok {
-		return ks, nil
+		return ks, ns, nil
 	}
-	return nil, fmt.Errorf("kid %.64q is not a key of issuer %q", kid, is.name)
+	return nil, nil, is.notAKey(ns, kid, "")
+}
+
+// notAKey is the error for a kid that the issuer's set s does not hold;
+// note says why no refetch was tried. If s is empty (the issuer's last
+// loaded JWKS held no usable key) the error says so, and wraps
+// errNoUsableKeys.
+func (is *issuer) notAKey(s *keySet, kid, note string) error {
+	if s != nil && len(s.keys) == 0 {
+		return fmt.Errorf("issuer %q publishes no keys, so none of its tokens verifies: its %w (loaded from %s at %s)",
+			is.name, errNoUsableKeys, is.source, s.fetched.UTC().Format(time.RFC3339))
+	}
+	return fmt.Errorf("kid %.64q is not a key of issuer %q%s", kid, is.name, note)
+}
+
+// recheckAt returns the instant from which a token verified under a key of
+// s, the set keys returned at now, must have its key looked up again: when
+// s turns older than jwksMaxAge, or, if it already is (a refetch failed or
+// was rate-limited, and the stale set was kept), one refetchInterval from
+// now. A fixed JWKS never changes: the zero time.
+func (is *issuer) recheckAt(s *keySet, now time.Time) time.Time {
+	if is.load == nil {
+		return time.Time{}
+	}
+	if t := s.fetched.Add(jwksMaxAge); now.Before(t) {
+		return t
+	}
+	return now.Add(refetchInterval)
 }

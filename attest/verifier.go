@@ -54,10 +54,16 @@ type IssuerConfig struct {
 	// public keys come from. Tokens name their key by kid; a kid that is
 	// not in the set, or a set older than an hour, makes the Verifier load
 	// the file or fetch the URL again, at most once per 30 seconds (once
-	// per second until a first load succeeded). If that fails, the keys
+	// per second until a first load succeeded). If that fails (the file or
+	// URL cannot be read, or what it holds is not a JWKS), the keys
 	// already loaded keep verifying. A key the issuer withdraws stops
 	// verifying, and the cached tokens it signed are dropped, at the next
-	// successful load. A JWKS value is fixed.
+	// successful load, and so within an hour while loads succeed: a cached
+	// token whose key was last checked against a set older than an hour
+	// has it checked again. A loaded JWKS without any usable key
+	// withdraws all the issuer's keys: its tokens are refused until it
+	// publishes keys again. A JWKS value is fixed; NewVerifier refuses a
+	// JWKSFile or JWKS without any usable key.
 	JWKSFile string
 	// JWKSURL must be https, or http to a loopback address (tests, a local
 	// sidecar); a redirect to anything else is refused.
@@ -97,8 +103,15 @@ type Verifier struct {
 
 type cacheEntry struct {
 	loc Location
-	iss *issuer
-	kid string
+	// until is when a hit stops being answered from the entry alone: the
+	// token's exp, or earlier, when the key set its key was last found in
+	// turns older than jwksMaxAge (see issuer.recheckAt). A hit from then
+	// on until exp looks the key up again.
+	until time.Time
+	iss   *issuer
+	kid   string
+	alg   string
+	key   any // the public key the signature verified under
 }
 
 // NewVerifier returns a Verifier that trusts the given issuers. Each
@@ -241,15 +254,28 @@ func failf(format string, args ...any) error {
 //
 // A verified token is cached until its exp (in a cache of 1024 entries keyed
 // by the token's SHA-256), so verifying the same token again is a map
-// lookup; a cached token past its exp is refused. Every error wraps
-// ErrAttestation and says what failed; none contains the token. ctx bounds
-// a JWKS fetch, if one is needed.
+// lookup; a cached token past its exp is refused. Once the key set the
+// token's key was last found in is older than an hour (for a JWKSFile or
+// JWKSURL), a hit looks the key up again, in a set loaded anew if need be
+// (under the refetch limits of IssuerConfig.JWKSFile): a token whose key
+// the issuer withdrew is refused, and one whose kid now names another key
+// is verified afresh. Every error wraps ErrAttestation and says what
+// failed; none contains the token. ctx bounds a JWKS fetch, if one is
+// needed.
 func (v *Verifier) Verify(ctx context.Context, token string) (Location, error) {
+	loc, _, err := v.check(ctx, token)
+	return loc, err
+}
+
+// check is Verify, and also returns until when a Verify of the same token
+// is answered from the cache without any other check: the token's exp, or
+// earlier, when its key must be looked up again.
+func (v *Verifier) check(ctx context.Context, token string) (Location, time.Time, error) {
 	if token == "" {
-		return Location{}, failf("empty token")
+		return Location{}, time.Time{}, failf("empty token")
 	}
 	if len(token) > maxTokenBytes {
-		return Location{}, failf("token is %d bytes; the limit is %d", len(token), maxTokenBytes)
+		return Location{}, time.Time{}, failf("token is %d bytes; the limit is %d", len(token), maxTokenBytes)
 	}
 	now := v.now()
 	key := sha256.Sum256([]byte(token))
@@ -257,21 +283,62 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Location, error) {
 	e, ok := v.cache[key]
 	v.mu.RUnlock()
 	if ok {
-		if now.Before(e.loc.Expiry) {
-			return e.loc, nil
+		if now.Before(e.until) {
+			return e.loc, e.until, nil
 		}
-		v.mu.Lock()
-		delete(v.cache, key)
-		v.mu.Unlock()
-		return Location{}, failf("token expired at %s", e.loc.Expiry.UTC().Format(time.RFC3339))
+		if !now.Before(e.loc.Expiry) {
+			v.mu.Lock()
+			delete(v.cache, key)
+			v.mu.Unlock()
+			return Location{}, time.Time{}, failf("token expired at %s", e.loc.Expiry.UTC().Format(time.RFC3339))
+		}
+		re, still, err := v.recheck(ctx, key, e, now)
+		switch {
+		case err != nil:
+			return Location{}, time.Time{}, fmt.Errorf("%w: %w", ErrAttestation, err)
+		case still:
+			return re.loc, re.until, nil
+		}
+		// The kid now names other keys: verify afresh, under those.
 	}
 
 	e, err := v.verify(ctx, token, now)
 	if err != nil {
-		return Location{}, err
+		return Location{}, time.Time{}, err
 	}
 	v.remember(key, e, now)
-	return e.loc, nil
+	return e.loc, e.until, nil
+}
+
+// recheck looks up again the key of the cached entry e, of the token whose
+// hash is key, in a set no older than jwksMaxAge (loaded again if need be,
+// under the refetch limits; a stale set if that fails, as for a token not
+// in the cache). If the key is still there, the entry's until is moved on.
+// If not, the entry is dropped, with the error of the lookup if the kid is
+// gone, or none (still false) if the kid now names other keys.
+func (v *Verifier) recheck(ctx context.Context, key [sha256.Size]byte, e cacheEntry, now time.Time) (_ cacheEntry, still bool, _ error) {
+	keys, set, err := e.iss.keys(ctx, e.kid, now, func(ks *keySet) { v.forgetWithdrawn(e.iss, ks) })
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err != nil || !slices.ContainsFunc(keys, func(k verKey) bool { return k.accepts(e.alg) && k.equal(e.key) }) {
+		delete(v.cache, key)
+		return cacheEntry{}, false, err
+	}
+	e.until = earlier(e.loc.Expiry, e.iss.recheckAt(set, now))
+	// An entry forgetWithdrawn dropped meanwhile (a set without the key
+	// was loaded after keys returned) is not put back.
+	if _, ok := v.cache[key]; ok {
+		v.cache[key] = e
+	}
+	return e, true, nil
+}
+
+// earlier returns the earlier of exp and recheck, and exp if recheck is zero.
+func earlier(exp, recheck time.Time) time.Time {
+	if !recheck.IsZero() && recheck.Before(exp) {
+		return recheck
+	}
+	return exp
 }
 
 // verify does the full check of a token not in the cache.
@@ -304,7 +371,7 @@ func (v *Verifier) verify(ctx context.Context, token string, now time.Time) (cac
 	if !is.algs[alg] {
 		return cacheEntry{}, failf("algorithm %s is not allowed for issuer %q", alg, is.name)
 	}
-	keys, err := is.keys(ctx, hdr.KeyID, now, func(ks *keySet) { v.forgetWithdrawn(is, ks) })
+	keys, set, err := is.keys(ctx, hdr.KeyID, now, func(ks *keySet) { v.forgetWithdrawn(is, ks) })
 	if err != nil {
 		return cacheEntry{}, fmt.Errorf("%w: %w", ErrAttestation, err)
 	}
@@ -314,6 +381,7 @@ func (v *Verifier) verify(ctx context.Context, token string, now time.Time) (cac
 		claims   map[string]any
 		verified bool
 		usable   bool
+		used     verKey
 	)
 	for _, k := range keys {
 		if !k.accepts(alg) {
@@ -322,7 +390,7 @@ func (v *Verifier) verify(ctx context.Context, token string, now time.Time) (cac
 		usable = true
 		err := tok.Claims(k.key, &std, &claims)
 		if err == nil {
-			verified = true
+			verified, used = true, k
 			break
 		}
 		if !errors.Is(err, jose.ErrCryptoFailure) {
@@ -369,7 +437,14 @@ func (v *Verifier) verify(ctx context.Context, token string, now time.Time) (cac
 	}
 	loc.Issuer = is.name
 	loc.Expiry = exp.UTC()
-	return cacheEntry{loc: loc, iss: is, kid: hdr.KeyID}, nil
+	return cacheEntry{
+		loc:   loc,
+		until: earlier(loc.Expiry, is.recheckAt(set, now)),
+		iss:   is,
+		kid:   hdr.KeyID,
+		alg:   alg,
+		key:   used.key,
+	}, nil
 }
 
 // remember caches a verified token. When the cache is full, expired entries
