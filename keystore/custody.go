@@ -33,7 +33,9 @@ type Caller = kms.Caller
 
 // Policy decides whether the current caller may use the keys of a zone. The
 // keyring asks it on every DataKey and Key call, cache hits included, before
-// any store read or custodian call; it must be cheap in the steady state.
+// any custodian call and before any key is unwrapped; it must be cheap in
+// the steady state. (Key, AuxKeyByID and Prefetch read the wrapped row from
+// the store first, to learn its zone.)
 // The one exception is RegionPolicy: on a cache hit the keyring reuses its
 // last allow for the zone while that decision's inputs hold, at most one
 // second (see RegionPolicy).

@@ -30,9 +30,10 @@
 // directly for the target zone's custodian (a wrap-only permission there is
 // enough), and one store transaction replaces the rows. The target zone
 // adopts a moved DEK under its zone key on its first use there, or at its
-// next zone-key rotation or epoch. The subject is readable in exactly one
-// zone at every moment, and a move that stopped is completed by running it
-// again.
+// next zone-key rotation or epoch. The subject's stored DEKs are in
+// exactly one zone at every moment (other processes of the source zone that
+// cached one keep it until it expires, at most DEKTTL, as after a shred),
+// and a move that stopped is completed by running it again.
 package keystore
 
 import (
