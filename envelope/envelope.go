@@ -390,9 +390,8 @@ func (k *Key) sealText(sp *scratchBuf, plaintext []byte, b *Binding) ([]byte, er
 // SealString returns the text envelope of the string s bound to b.
 func (k *Key) SealString(s string, b Binding) (string, error) {
 	var sc Scratch
-	out, err := k.SealStringWith(&sc, s, b)
-	sc.Release()
-	return out, err
+	defer sc.Release()
+	return k.SealStringWith(&sc, s, b)
 }
 
 // SealStringWith is SealString working in sc.
@@ -408,9 +407,8 @@ func (k *Key) SealStringWith(sc *Scratch, s string, b Binding) (string, error) {
 // SealBytes returns the text envelope of p bound to b, as bytes.
 func (k *Key) SealBytes(p []byte, b Binding) ([]byte, error) {
 	var sc Scratch
-	out, err := k.sealText(sc.buf(), p, &b)
-	sc.Release()
-	return out, err
+	defer sc.Release()
+	return k.sealText(sc.buf(), p, &b)
 }
 
 // SealBytesWith is SealBytes working in sc.
@@ -643,18 +641,16 @@ func (k *Key) Open(bin []byte, b Binding) ([]byte, error) {
 // returns the plaintext as a string.
 func (k *Key) OpenString(s string, b Binding) (string, error) {
 	var sc Scratch
-	out, err := openString(&sc, unsafe.Slice(unsafe.StringData(s), len(s)), &b, k, nil)
-	sc.Release()
-	return out, err
+	defer sc.Release()
+	return openString(&sc, unsafe.Slice(unsafe.StringData(s), len(s)), &b, k, nil)
 }
 
 // OpenBytes authenticates and decrypts the text envelope s bound to b and
 // returns the plaintext in a new slice.
 func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
 	var sc Scratch
-	out, err := openText(&sc, s, &b, k, nil)
-	sc.Release()
-	return out, err
+	defer sc.Release()
+	return openText(&sc, s, &b, k, nil)
 }
 
 // OpenStringFunc opens the text envelope s bound to b like OpenString, under
@@ -665,9 +661,8 @@ func (k *Key) OpenBytes(s []byte, b Binding) ([]byte, error) {
 // have the id it was asked for.
 func OpenStringFunc(s string, b Binding, key func(KeyID) (*Key, error)) (string, error) {
 	var sc Scratch
-	out, err := OpenStringFuncWith(&sc, s, b, key)
-	sc.Release()
-	return out, err
+	defer sc.Release() // also if key panics: the slot is not lost
+	return OpenStringFuncWith(&sc, s, b, key)
 }
 
 // OpenStringFuncWith is OpenStringFunc working in sc.
@@ -679,9 +674,8 @@ func OpenStringFuncWith(sc *Scratch, s string, b Binding, key func(KeyID) (*Key,
 // returns the plaintext in a new slice.
 func OpenBytesFunc(s []byte, b Binding, key func(KeyID) (*Key, error)) ([]byte, error) {
 	var sc Scratch
-	out, err := openText(&sc, s, &b, nil, key)
-	sc.Release()
-	return out, err
+	defer sc.Release() // also if key panics: the slot is not lost
+	return openText(&sc, s, &b, nil, key)
 }
 
 // OpenBytesFuncWith is OpenBytesFunc working in sc.

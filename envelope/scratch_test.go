@@ -126,3 +126,31 @@ func TestScratchConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// claimedSlots counts the scratch slots claimed now.
+func claimedSlots() (n int) {
+	for i := range scratchSlots {
+		if scratchSlots[i].claimed.Load() != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// A key lookup that panics (a caller recovers) does not leave the slot of
+// the open's scratch claimed: lost slots would send every later call to
+// the pool.
+func TestScratchGivenBackOnPanic(t *testing.T) {
+	k := newTestKey(t, 1)
+	s, err := k.SealString("secret", Binding{Path: "A"})
+	require.NoError(t, err)
+	panicking := func(KeyID) (*Key, error) { panic("keyring panicked") }
+	for name, open := range map[string]func(){
+		"OpenStringFunc": func() { _, _ = OpenStringFunc(s, Binding{Path: "A"}, panicking) },
+		"OpenBytesFunc":  func() { _, _ = OpenBytesFunc([]byte(s), Binding{Path: "A"}, panicking) },
+	} {
+		before := claimedSlots()
+		require.Panics(t, open, name)
+		require.Equal(t, before, claimedSlots(), "%s: a slot was left claimed", name)
+	}
+}

@@ -410,6 +410,10 @@ func (c *Crypter) runFlat(ctx context.Context, v any, rec unsafe.Pointer, p *pla
 	// Set field by field: a composite literal of this size is built
 	// aside and copied, which costs more than the whole walk.
 	var w walker
+	// The scratch is released below as soon as the values are computed;
+	// this covers a panic in between (a Keyring's), so that its slot is
+	// not lost.
+	defer w.scratch.Release()
 	w.c, w.ctx, w.typ, w.encrypt = c, ctx, p.typ, encrypt
 	if p.zoneIdx != nil {
 		w.zone = *(*string)(unsafe.Add(rec, p.zoneOff))
