@@ -529,6 +529,10 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 	}
 	results, err := bs.UpdateDEKWraps(ctx, updates)
 	if err != nil {
+		for i := range events {
+			events[i].Decision, events[i].Reason = audit.Error, notApplied+err.Error()
+		}
+		r.k.recordBatch(ctx, r.caller, events) // best effort: the error is returned
 		return 0, err
 	}
 	if len(results) != len(updates) {
@@ -542,7 +546,9 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 			n++
 		case errors.Is(err, ErrUnknownKey):
 			// deleted meanwhile (a shred): nothing to rewrap
+			r.notApplied(ctx, events[i], err)
 		case errors.Is(err, ErrConflict):
+			r.notApplied(ctx, events[i], err)
 			row, gone, err := r.reread(ctx, id)
 			if err != nil {
 				return n, err
@@ -558,10 +564,25 @@ func (r *rotation) rewrapDEKs(ctx context.Context, rows []DEKRow, target uint32)
 				n++
 			}
 		default:
+			r.notApplied(ctx, events[i], err)
 			return n, fmt.Errorf("DEK %s: %w", id, err)
 		}
 	}
 	return n, nil
+}
+
+// notApplied is the reason of the event that follows the audited rewrap of
+// a row whose write did not happen.
+const notApplied = "rewrap not applied: "
+
+// notApplied records, after the event ev of a rewrap was recorded and its
+// write failed with err (the row was deleted, moved or rewrapped by another
+// process meanwhile, or the store failed), that it was not applied: ev
+// again, as an error with err as the reason. Best effort, like
+// recordFailure: the rotation goes on or fails on its own terms.
+func (r *rotation) notApplied(ctx context.Context, ev audit.Event, err error) {
+	ev.Decision, ev.Reason = audit.Error, notApplied+err.Error()
+	r.record(ctx, ev)
 }
 
 // rewrapDEK rewraps one DEK row under zone-key version target. It reports
@@ -579,6 +600,9 @@ func (r *rotation) rewrapDEK(ctx context.Context, row DEKRow, target uint32) (bo
 			return false, err
 		}
 		err = r.rs.UpdateDEKWrap(ctx, id, u.PrevZoneKeyVersion, u.PrevWrapped, u.Wrapped, u.ZoneKeyVersion)
+		if err != nil {
+			r.notApplied(ctx, ev, err)
+		}
 		switch {
 		case err == nil:
 			return true, nil

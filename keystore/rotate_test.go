@@ -775,13 +775,31 @@ func TestRotateZoneKeyShredDuringBatch(t *testing.T) {
 	e := newRotEnv(t)
 	recs := makeDEKs(t, e.keyring(t), "eu", "s", n)
 	store := &shredBeforeBatch{Store: e.store, zone: "eu", subject: "s-00003"}
-	k := e.keyring(t, func(c *keystore.Config) { c.Store = store })
+	events := &sink{}
+	k := e.keyring(t, func(c *keystore.Config) { c.Store, c.Audit = store, events })
 	res, err := k.RotateZoneKey(t.Context(), "eu", keystore.ZoneKeyRotation{BatchSize: 16})
 	require.NoError(t, err)
 	require.Equal(t, n-1, res.Rewrapped, "every row but the shredded one")
 	require.Zero(t, res.Remaining)
 	require.Equal(t, map[uint32]int{2: n - 1}, dekVersions(t, e.store, "eu"))
 	requireOpens(t, e.cold(t), append(recs[:3:3], recs[4:]...), "cold keyring")
+	// The shredded row's rewrap was audited before the write, then said
+	// not to be applied; every other row has one allow.
+	events.mu.Lock()
+	defer events.mu.Unlock()
+	byDEK := map[string][]audit.Decision{}
+	for _, ev := range events.events {
+		if ev.Action == audit.Rewrap && ev.DEK != "" {
+			byDEK[ev.DEK] = append(byDEK[ev.DEK], ev.Decision)
+		}
+	}
+	for i, r := range recs {
+		want := []audit.Decision{audit.Allow}
+		if i == 3 {
+			want = append(want, audit.Error)
+		}
+		require.Equal(t, want, byDEK[r.id.String()], "rewrap events of DEK %d", i)
+	}
 }
 
 // moveBeforeWrite is a store that runs move once, right before the first
@@ -865,12 +883,19 @@ func TestRewrapSkipsSubjectMovedMeanwhile(t *testing.T) {
 			events.mu.Lock()
 			after := events.events[moved:]
 			events.mu.Unlock()
+			// Alice's rewrap, audited before the move, is followed by
+			// an event saying it was not applied; nothing after the
+			// move claims a rewrap of her DEK.
+			notApplied := 0
 			for _, ev := range after {
-				if ev.Action == audit.Rewrap {
-					require.NotEqual(t, alice[0].id.String(), ev.DEK, "an event after the move claims a rewrap of the moved DEK: %+v", ev)
-					require.Equal(t, audit.Allow, ev.Decision, "%+v", ev)
+				if ev.Action != audit.Rewrap || ev.DEK != alice[0].id.String() {
+					continue
 				}
+				require.Equal(t, audit.Error, ev.Decision, "an event after the move claims a rewrap of the moved DEK: %+v", ev)
+				require.Contains(t, ev.Reason, "rewrap not applied")
+				notApplied++
 			}
+			require.Equal(t, 1, notApplied, "events of alice's DEK after the move")
 			requireOpens(t, e.cold(t), append(alice, bob...), "cold keyring")
 		})
 	}
