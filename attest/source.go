@@ -141,6 +141,13 @@ const metadataIdentityPath = "/computeMetadata/v1/instance/service-accounts/defa
 // renewBefore is how long before its exp a cached metadata token is renewed.
 const renewBefore = 5 * time.Minute
 
+// maxMetadataCache bounds how long a metadata token is cached, whatever its
+// exp says: Google's identity tokens live an hour, and the exp read here is
+// not verified yet, so a response that claims a later one (a spoofed or
+// broken metadata server) must not pin its token, which the Verifier may
+// refuse, until the process restarts.
+const maxMetadataCache = time.Hour
+
 var defaultMetadataClient = &http.Client{
 	Timeout: 5 * time.Second,
 	// The metadata server is link-local: never through a proxy.
@@ -151,7 +158,8 @@ var defaultMetadataClient = &http.Client{
 }
 
 // Token returns the cached identity token, fetching a new one when none is
-// cached or the cached one is close to its exp.
+// cached or the cached one is close to its exp (or was fetched 55 minutes
+// ago: its exp is not verified here, so a far one is not trusted).
 func (s *GCPMetadataSource) Token(ctx context.Context) (string, error) {
 	now := time.Now
 	if s.now != nil {
@@ -175,6 +183,9 @@ func (s *GCPMetadataSource) Token(ctx context.Context) (string, error) {
 		margin = life / 2
 	}
 	s.token, s.renewAt = tok, exp.Add(-margin)
+	if limit := now().Add(maxMetadataCache - renewBefore); limit.Before(s.renewAt) {
+		s.renewAt = limit
+	}
 	return tok, nil
 }
 

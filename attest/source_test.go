@@ -215,6 +215,30 @@ func TestGCPMetadataSource(t *testing.T) {
 	require.Equal(t, 2, srv.count())
 }
 
+// TestGCPMetadataSourceFarExp: a token whose (unverified) exp is years
+// away is cached no longer than a real one, so that a bad response is not
+// served until the process restarts.
+func TestGCPMetadataSourceFarExp(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	gcp := newDev(t, gcpIssuer, clk)
+	const aud = "https://zonekey.example.com/attest"
+	far, err := gcp.Mint(with(with(gcpClaims(clk.Now(), "europe-west1-b"), "aud", aud), "exp", clk.Now().Add(10*365*24*time.Hour).Unix()))
+	require.NoError(t, err)
+	srv := newMetadataServer(t, far)
+	src := &GCPMetadataSource{Audience: aud, BaseURL: srv.URL, now: clk.Now}
+	_, err = src.Token(ctx)
+	require.NoError(t, err)
+	clk.Advance(54 * time.Minute)
+	_, err = src.Token(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, srv.count(), "cached for 55 minutes")
+	clk.Advance(2 * time.Minute)
+	_, err = src.Token(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, srv.count(), "fetched again after 55 minutes, whatever the exp")
+}
+
 func TestGCPMetadataSourceRefuses(t *testing.T) {
 	ctx := context.Background()
 	clk := newClock()
