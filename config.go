@@ -49,6 +49,7 @@ type FileConfig struct {
 type FileZoneConfig struct {
 	KEK     string   `json:"kek"`
 	Regions []string `json:"regions"`
+	Issuers []string `json:"issuers,omitempty"`
 }
 
 // FileAttestation configures how this process proves its location.

@@ -157,7 +157,7 @@ func TestParseConfig(t *testing.T) {
 
 	good := `{
 	  "dir": "` + dir + `",
-	  "zones": {"eu": {"kek": "` + zonekey.LocalKEK(filepath.Join(dir, "eu.kek")) + `", "regions": ["europe-west1", "europe-west4"]}},
+	  "zones": {"eu": {"kek": "` + zonekey.LocalKEK(filepath.Join(dir, "eu.kek")) + `", "regions": ["europe-west1", "europe-west4"], "issuers": ["https://attest.zonekey.test"]}},
 	  "attestation": {
 	    "issuers": [{"issuer": "https://attest.zonekey.test", "audiences": ["zonekey"], "jwks_file": "` + jwks + `", "algorithms": ["ES256"], "profile": "region"}],
 	    "source": {"token_file": "` + tokenFile + `"}
@@ -174,6 +174,15 @@ func TestParseConfig(t *testing.T) {
 	p := &patient{ID: "p-1", Region: "eu", Diagnosis: "x"}
 	require.NoError(t, c.Encrypt(t.Context(), p))
 	require.NoError(t, c.Decrypt(t.Context(), p))
+	require.NoError(t, c.Close())
+	require.Equal(t, []string{"https://attest.zonekey.test"}, cfg.Zones["eu"].Issuers)
+
+	// A zone that counts only another issuer's evidence refuses this one.
+	other, err := zonekey.ParseConfig([]byte(strings.Replace(good, `"issuers": ["https://attest.zonekey.test"]`, `"issuers": ["https://other.zonekey.test"]`, 1)))
+	require.NoError(t, err)
+	c, err = zonekey.Open(t.Context(), other)
+	require.NoError(t, err)
+	require.ErrorIs(t, c.Encrypt(t.Context(), &patient{ID: "p-2", Region: "eu", Diagnosis: "x"}), zonekey.ErrAttestation)
 	require.NoError(t, c.Close())
 
 	for _, tc := range []struct{ name, edit string }{

@@ -130,6 +130,10 @@ type ZoneConfig struct {
 	// callers may encrypt and decrypt under the zone. Required: a zone
 	// open to everyone must say so with AnyRegion.
 	Regions []string
+	// Issuers optionally lists the attestation issuers whose evidence
+	// counts for the zone (keystore.RegionPolicy.Issuers); empty accepts
+	// every issuer the Attestor trusts.
+	Issuers []string
 }
 
 // LocalZones returns a Zones map for development: each zone's KEK in a
@@ -184,13 +188,16 @@ func Open(ctx context.Context, cfg Config) (_ *Client, err error) {
 	if cfg.Store == nil && cfg.StoreURL == "" && cfg.Dir == "" {
 		return nil, fmt.Errorf("%w: Config.Dir is empty (or set Config.Store or Config.StoreURL)", ErrInvalidConfig)
 	}
-	policy := &keystore.RegionPolicy{Regions: map[string][]string{}, Attestor: cfg.Attestor}
+	policy := &keystore.RegionPolicy{Regions: map[string][]string{}, Issuers: map[string][]string{}, Attestor: cfg.Attestor}
 	for _, zone := range zones {
 		regions := cfg.Zones[zone].Regions
 		if len(regions) == 0 {
 			return nil, fmt.Errorf("%w: zone %q lists no regions (list the attested regions that may use it, or AnyRegion for a development zone)", ErrInvalidConfig, zone)
 		}
 		policy.Regions[zone] = slices.Clone(regions)
+		if issuers := cfg.Zones[zone].Issuers; len(issuers) > 0 {
+			policy.Issuers[zone] = slices.Clone(issuers)
+		}
 	}
 	if err := policy.Check(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)

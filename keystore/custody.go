@@ -70,6 +70,14 @@ type RegionPolicy struct {
 	// is not listed, or lists no region, is closed to everyone; AnyRegion
 	// opens it to every caller.
 	Regions map[string][]string
+	// Issuers optionally lists, for each zone, the issuers (the verified
+	// iss of the caller's evidence) whose evidence counts for the zone. A
+	// zone without a list accepts every issuer the Attestor's Verifier
+	// trusts. List them when the Verifier trusts issuers of unequal
+	// standing, such as a development issuer beside the production one:
+	// otherwise any of them can vouch for any region. A zone open to
+	// AnyRegion needs no evidence, and ignores its list.
+	Issuers map[string][]string
 	// Attestor verifies the caller. It may be nil only if every zone is
 	// open to AnyRegion.
 	Attestor Attestor
@@ -155,7 +163,13 @@ func (p *RegionPolicy) decide(zone string, loc attest.Location, token string, at
 		return Caller{}, attErr
 	}
 	c := Caller{Region: loc.Region, Workload: loc.Workload, Issuer: loc.Issuer, Token: token}
-	if open || slices.Contains(regions, loc.Region) {
+	if open {
+		return c, nil
+	}
+	if issuers := p.Issuers[zone]; len(issuers) > 0 && !slices.Contains(issuers, loc.Issuer) {
+		return c, fmt.Errorf("%w: evidence of issuer %q does not count for zone %q (accepted: %v)", ErrAttestation, loc.Issuer, zone, issuers)
+	}
+	if slices.Contains(regions, loc.Region) {
 		return c, nil
 	}
 	if len(regions) == 0 {

@@ -556,3 +556,36 @@ func TestCustodyWrappedAttestorAskedEveryCall(t *testing.T) {
 	revoked.Store(false)
 	dataKey(t, k, "eu", "bob")
 }
+
+// TestCustodyIssuersPerZone: a zone that lists its issuers refuses evidence
+// of another issuer the Verifier trusts, with ErrAttestation, whatever
+// region it vouches for; a zone without a list takes both.
+func TestCustodyIssuersPerZone(t *testing.T) {
+	e := newCustodyEnv(t)
+	dev, err := attest.NewDevIssuer("https://dev-attest.test")
+	require.NoError(t, err)
+	v, err := attest.NewVerifier(e.issuer.IssuerConfig(audience), dev.IssuerConfig(audience))
+	require.NoError(t, err)
+	attestor := func(iss *attest.DevIssuer) *attest.Attestor {
+		tok, err := iss.Token(audience, "europe-west1", "svc", time.Hour)
+		require.NoError(t, err)
+		return attest.NewAttestor(attest.StaticSource(tok), v)
+	}
+	keyring := func(a *attest.Attestor) *keystore.Keyring {
+		return e.env.keyring(t, func(c *keystore.Config) {
+			c.Now = nil
+			c.Policy = &keystore.RegionPolicy{
+				Regions:  map[string][]string{"eu": {"europe-west1"}, "us": {"europe-west1"}},
+				Issuers:  map[string][]string{"eu": {e.issuer.Issuer()}},
+				Attestor: a,
+			}
+		})
+	}
+	prod, devK := keyring(attestor(e.issuer)), keyring(attestor(dev))
+	dataKey(t, prod, "eu", "alice")
+	_, err = devK.DataKey(t.Context(), "eu", "alice")
+	require.ErrorIs(t, err, keystore.ErrAttestation, "a dev issuer's evidence for a production zone")
+	require.ErrorContains(t, err, "https://dev-attest.test")
+	dataKey(t, devK, "us", "alice") // no list: any trusted issuer
+	dataKey(t, prod, "us", "bob")
+}
