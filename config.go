@@ -72,6 +72,7 @@ type FileIssuer struct {
 	Projects    []string `json:"projects,omitempty"`
 	MaxSkew     string   `json:"max_skew,omitempty"`
 	MaxLifetime string   `json:"max_lifetime,omitempty"`
+	MaxStale    string   `json:"max_stale,omitempty"`
 }
 
 // FileSource names this process's evidence: exactly one of a token file
@@ -183,6 +184,9 @@ func (fa *FileAttestation) attestor() (*attest.Attestor, error) {
 			return nil, err
 		}
 		if ic.MaxLifetime, err = parseDuration("max_lifetime", fi.MaxLifetime); err != nil {
+			return nil, err
+		}
+		if ic.MaxStale, err = parseDuration("max_stale", fi.MaxStale); err != nil {
 			return nil, err
 		}
 		issuers = append(issuers, ic)

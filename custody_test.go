@@ -159,7 +159,7 @@ func TestParseConfig(t *testing.T) {
 	  "dir": "` + dir + `",
 	  "zones": {"eu": {"kek": "` + zonekey.LocalKEK(filepath.Join(dir, "eu.kek")) + `", "regions": ["europe-west1", "europe-west4"], "issuers": ["https://attest.zonekey.test"]}},
 	  "attestation": {
-	    "issuers": [{"issuer": "https://attest.zonekey.test", "audiences": ["zonekey"], "jwks_file": "` + jwks + `", "algorithms": ["ES256"], "profile": "region"}],
+	    "issuers": [{"issuer": "https://attest.zonekey.test", "audiences": ["zonekey"], "jwks_file": "` + jwks + `", "algorithms": ["ES256"], "profile": "region", "max_stale": "24h"}],
 	    "source": {"token_file": "` + tokenFile + `"}
 	  },
 	  "audit": {"file": "` + filepath.Join(dir, "audit.jsonl") + `"},
@@ -189,6 +189,7 @@ func TestParseConfig(t *testing.T) {
 		{"unknown field", strings.Replace(good, `"dir"`, `"dri"`, 1)},
 		{"trailing data", good + `{}`},
 		{"bad duration", strings.Replace(good, `"5m"`, `"5 minutes"`, 1)},
+		{"bad max_stale", strings.Replace(good, `"max_stale": "24h"`, `"max_stale": "a day"`, 1)},
 		{"unknown profile", strings.Replace(good, `"profile": "region"`, `"profile": "aws"`, 1)},
 		{"no source", strings.Replace(good, `"token_file": "`+tokenFile+`"`, ``, 1)},
 		{"two sources", strings.Replace(good, `"token_file":`, `"token": "x", "token_file":`, 1)},

@@ -277,6 +277,8 @@ type issuer struct {
 	load func(context.Context) (*jose.JSONWebKeySet, error)
 	// source names where the keys come from, for errors.
 	source string
+	// maxStale bounds the age of a set kept after failed loads; 0: none.
+	maxStale time.Duration
 
 	set atomic.Pointer[keySet]
 
@@ -318,7 +320,7 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 		return ks, s, nil
 	}
 	stale := func() ([]verKey, bool) {
-		if s == nil {
+		if s == nil || is.tooStale(s, now) {
 			return nil, false
 		}
 		ks, ok := s.keys[kid]
@@ -331,6 +333,9 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 	if !is.lastAttempt.IsZero() && now.Sub(is.lastAttempt) < interval && !now.Before(is.lastAttempt) {
 		if ks, ok := stale(); ok {
 			return ks, s, nil
+		}
+		if s != nil && is.tooStale(s, now) {
+			return nil, nil, is.staleErr(s, errors.New("the last load failed, and the next is rate-limited"))
 		}
 		return nil, nil, is.notAKey(s, kid, fmt.Sprintf(" (JWKS refetch is rate-limited to one per %s)", interval))
 	}
@@ -356,6 +361,9 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 		if ks, ok := stale(); ok {
 			return ks, s, nil
 		}
+		if s != nil && is.tooStale(s, now) {
+			return nil, nil, is.staleErr(s, err)
+		}
 		return nil, nil, fmt.Errorf("loading the keys of issuer %q from %s: %w", is.name, is.source, err)
 	}
 	is.set.Store(ns)
@@ -366,6 +374,19 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 		return ks, ns, nil
 	}
 	return nil, nil, is.notAKey(ns, kid, "")
+}
+
+// tooStale reports whether s, loaded from the issuer's source, is older
+// than its MaxStale allows.
+func (is *issuer) tooStale(s *keySet, now time.Time) bool {
+	return is.maxStale > 0 && is.load != nil && now.Sub(s.fetched) >= is.maxStale
+}
+
+// staleErr is the error for a token of the issuer whose keys, s, are past
+// MaxStale and could not be loaded again, because of err.
+func (is *issuer) staleErr(s *keySet, err error) error {
+	return fmt.Errorf("the keys of issuer %q were last loaded from %s at %s, longer ago than its MaxStale of %s, and cannot be loaded again: %w",
+		is.name, is.source, s.fetched.UTC().Format(time.RFC3339), is.maxStale, err)
 }
 
 // notAKey is the error for a kid that the issuer's set s does not hold;

@@ -534,3 +534,71 @@ func TestJWKSWithoutUsableKeysWithdrawsAll(t *testing.T) {
 		})
 	}
 }
+
+// TestJWKSMaxStale: with MaxStale set, keys whose JWKS cannot be loaded
+// again keep verifying, cached tokens and new ones, until they are MaxStale
+// old, are refused from then on, and verify again once a load succeeds.
+// Without it they keep verifying (TestJWKSCachedTokenVerifiesAcrossMaxAge).
+func TestJWKSMaxStale(t *testing.T) {
+	for _, source := range []string{"file", "url"} {
+		t.Run(source, func(t *testing.T) {
+			ctx := context.Background()
+			clk := newClock()
+			dev := newDev(t, testIssuer, clk)
+			var c IssuerConfig
+			var publish func([]byte)
+			if source == "file" {
+				path := t.TempDir() + "/jwks.json"
+				require.NoError(t, dev.WriteJWKS(path))
+				c = dev.IssuerConfig(testAudience)
+				c.JWKS, c.JWKSFile = nil, path
+				publish = func(doc []byte) {
+					if doc == nil {
+						require.NoError(t, os.Remove(path))
+						return
+					}
+					require.NoError(t, os.WriteFile(path, doc, 0o644))
+				}
+			} else {
+				srv := newJWKSServer(t, dev)
+				c = urlConfig(dev, srv.URL)
+				publish = func(doc []byte) {
+					if doc == nil {
+						srv.status.Store(http.StatusServiceUnavailable)
+						return
+					}
+					srv.status.Store(0)
+					srv.body.Store(&doc)
+				}
+			}
+			c.MaxStale = 2 * time.Hour
+			v := newVerifier(t, clk, c)
+			cached, err := dev.Token(testAudience, "europe-west1", "w", 24*time.Hour)
+			require.NoError(t, err)
+			_, err = v.Verify(ctx, cached)
+			require.NoError(t, err)
+
+			publish(nil)
+			for step := 1; step < 12; step++ { // up to 1h50
+				clk.Advance(10 * time.Minute)
+				_, err := v.Verify(ctx, cached)
+				require.NoError(t, err, "%s: the stale keys still verify", clk.Now())
+			}
+			clk.Advance(10 * time.Minute) // 2h
+			fresh, err := dev.Token(testAudience, "europe-west1", "w2", time.Hour)
+			require.NoError(t, err)
+			for _, tok := range []string{cached, fresh} {
+				_, err := v.Verify(ctx, tok)
+				require.ErrorIs(t, err, ErrAttestation)
+				require.ErrorContains(t, err, "MaxStale")
+			}
+
+			publish(jwksDoc(t, dev.JWKS()))
+			clk.Advance(time.Minute)
+			for _, tok := range []string{cached, fresh} {
+				_, err := v.Verify(ctx, tok)
+				require.NoError(t, err, "after a successful load")
+			}
+		})
+	}
+}

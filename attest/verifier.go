@@ -85,6 +85,16 @@ type IssuerConfig struct {
 	// MaxLifetime, if positive, refuses tokens whose exp is more than this
 	// after their iat: a bound on how long a stolen token can be replayed.
 	MaxLifetime time.Duration
+	// MaxStale, if positive, bounds how long keys loaded from JWKSFile or
+	// JWKSURL keep verifying while the set cannot be loaded again,
+	// counted from their last successful load: past it, the issuer's
+	// tokens are refused until a load succeeds. Zero keeps them (an
+	// unreachable JWKS must not stop a running fleet). Set it, to a few
+	// hours or more, when a key the issuer withdraws must stop verifying
+	// even where its JWKS cannot be reached: whoever can block the fetch
+	// otherwise keeps a withdrawn key alive. At least an hour (smaller
+	// values are raised): a set is loaded again hourly.
+	MaxStale time.Duration
 	// HTTPClient fetches JWKSURL; default a client with a 10s timeout.
 	HTTPClient *http.Client
 }
@@ -162,6 +172,9 @@ func newIssuer(c IssuerConfig) (*issuer, error) {
 		skew:        c.MaxSkew,
 		maxLifetime: c.MaxLifetime,
 		profile:     c.Profile,
+	}
+	if c.MaxStale > 0 {
+		is.maxStale = max(c.MaxStale, jwksMaxAge)
 	}
 	algs := c.Algorithms
 	if len(algs) == 0 {
