@@ -313,7 +313,16 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 		return nil, nil, is.notAKey(s, kid, "")
 	}
 
-	is.fetchMu.Lock()
+	if !is.fetchMu.TryLock() {
+		// Another caller is loading the set: rather than wait up to
+		// the fetch's timeout, use the keys at hand if they hold kid.
+		if s != nil && !is.tooStale(s, now) {
+			if ks, ok := s.keys[kid]; ok {
+				return ks, s, nil
+			}
+		}
+		is.fetchMu.Lock()
+	}
 	defer is.fetchMu.Unlock()
 	s = is.set.Load() // another caller may have fetched meanwhile
 	if ks, ok := fresh(s); ok {

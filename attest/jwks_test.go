@@ -25,12 +25,23 @@ type jwksServer struct {
 	body   atomic.Pointer[[]byte]             // if non-nil, served as it is
 	set    atomic.Pointer[jose.JSONWebKeySet] // if nil, the DevIssuer's live JWKS
 	status atomic.Int64                       // if non-zero, answer this status
+	// hold, if set, is waited on before answering; entered is signalled
+	// (without blocking) when a request starts waiting.
+	hold    atomic.Pointer[chan struct{}]
+	entered chan struct{}
 }
 
 func newJWKSServer(t *testing.T, dev *DevIssuer) *jwksServer {
-	s := &jwksServer{}
+	s := &jwksServer{entered: make(chan struct{}, 1)}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.hits.Add(1)
+		if h := s.hold.Load(); h != nil {
+			select {
+			case s.entered <- struct{}{}:
+			default:
+			}
+			<-*h
+		}
 		if st := s.status.Load(); st != 0 {
 			http.Error(w, "unavailable", int(st))
 			return
@@ -601,4 +612,46 @@ func TestJWKSMaxStale(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestJWKSStaleKeysServeDuringFetch: while one caller loads an issuer's
+// key set again (the set is an hour old), others whose key is in the old set
+// are answered from it at once instead of waiting for the load.
+func TestJWKSStaleKeysServeDuringFetch(t *testing.T) {
+	ctx := context.Background()
+	clk := newClock()
+	dev := newDev(t, testIssuer, clk)
+	srv := newJWKSServer(t, dev)
+	v := newVerifier(t, clk, urlConfig(dev, srv.URL))
+	tok, err := dev.Token(testAudience, "europe-west1", "w", 24*time.Hour)
+	require.NoError(t, err)
+	_, err = v.Verify(ctx, tok)
+	require.NoError(t, err)
+
+	clk.Advance(jwksMaxAge + time.Minute)
+	hold := make(chan struct{})
+	var release sync.Once
+	t.Cleanup(func() { release.Do(func() { close(hold) }) }) // before the server's Close
+	srv.hold.Store(&hold)
+	loading := make(chan error, 1)
+	go func() {
+		_, err := v.Verify(ctx, tok) // rechecks its key: loads the set, held
+		loading <- err
+	}()
+	<-srv.entered
+	other, err := dev.Token(testAudience, "europe-west1", "w2", time.Hour)
+	require.NoError(t, err)
+	for _, tk := range []string{tok, other} {
+		done := make(chan error, 1)
+		go func() { _, err := v.Verify(ctx, tk); done <- err }()
+		select {
+		case err := <-done:
+			require.NoError(t, err, "answered from the old set")
+		case <-time.After(5 * time.Second):
+			t.Fatal("a Verify waited for another caller's load")
+		}
+	}
+	release.Do(func() { close(hold) })
+	require.NoError(t, <-loading)
+	require.EqualValues(t, 2, srv.hits.Load(), "one load at start, one now")
 }
