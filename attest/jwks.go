@@ -295,8 +295,10 @@ type issuer struct {
 // stale set: an unreachable JWKS endpoint must not stop a running fleet.
 // A refetch that yields a well-formed set without any usable key replaces
 // the set with an empty one: the issuer withdrew all its keys, and nothing
-// verifies until it publishes keys again. onRefresh is called with each
-// newly loaded set, empty ones included.
+// verifies until it publishes keys again. While another caller loads the
+// set, a kid of the current set is answered from it without waiting.
+// Stale keys serve only up to the issuer's MaxStale. onRefresh is called
+// with each newly loaded set, empty ones included.
 func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh func(*keySet)) ([]verKey, *keySet, error) {
 	s := is.set.Load()
 	fresh := func(s *keySet) ([]verKey, bool) {
