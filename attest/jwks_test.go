@@ -282,15 +282,21 @@ func TestJWKSCancelledFetchDoesNotCount(t *testing.T) {
 // keys from where dev publishes them, a file or a URL (kind "file" or
 // "url"), and the function that publishes doc there instead: nil makes the
 // source fail (the file is removed, the URL answers 503).
-func publishedVerifier(t *testing.T, kind string, clk *fakeClock, dev *DevIssuer) (*Verifier, func(doc []byte)) {
+func publishedVerifier(t *testing.T, kind string, clk *fakeClock, dev *DevIssuer, mod ...func(*IssuerConfig)) (*Verifier, func(doc []byte)) {
 	t.Helper()
+	config := func(c IssuerConfig) IssuerConfig {
+		for _, m := range mod {
+			m(&c)
+		}
+		return c
+	}
 	switch kind {
 	case "file":
 		path := t.TempDir() + "/jwks.json"
 		require.NoError(t, dev.WriteJWKS(path))
 		c := dev.IssuerConfig(testAudience)
 		c.JWKS, c.JWKSFile = nil, path
-		return newVerifier(t, clk, c), func(doc []byte) {
+		return newVerifier(t, clk, config(c)), func(doc []byte) {
 			if doc == nil {
 				require.NoError(t, os.Remove(path))
 				return
@@ -299,7 +305,7 @@ func publishedVerifier(t *testing.T, kind string, clk *fakeClock, dev *DevIssuer
 		}
 	case "url":
 		srv := newJWKSServer(t, dev)
-		return newVerifier(t, clk, urlConfig(dev, srv.URL)), func(doc []byte) {
+		return newVerifier(t, clk, config(urlConfig(dev, srv.URL))), func(doc []byte) {
 			if doc == nil {
 				srv.status.Store(http.StatusServiceUnavailable)
 				return
@@ -556,34 +562,7 @@ func TestJWKSMaxStale(t *testing.T) {
 			ctx := context.Background()
 			clk := newClock()
 			dev := newDev(t, testIssuer, clk)
-			var c IssuerConfig
-			var publish func([]byte)
-			if source == "file" {
-				path := t.TempDir() + "/jwks.json"
-				require.NoError(t, dev.WriteJWKS(path))
-				c = dev.IssuerConfig(testAudience)
-				c.JWKS, c.JWKSFile = nil, path
-				publish = func(doc []byte) {
-					if doc == nil {
-						require.NoError(t, os.Remove(path))
-						return
-					}
-					require.NoError(t, os.WriteFile(path, doc, 0o644))
-				}
-			} else {
-				srv := newJWKSServer(t, dev)
-				c = urlConfig(dev, srv.URL)
-				publish = func(doc []byte) {
-					if doc == nil {
-						srv.status.Store(http.StatusServiceUnavailable)
-						return
-					}
-					srv.status.Store(0)
-					srv.body.Store(&doc)
-				}
-			}
-			c.MaxStale = 2 * time.Hour
-			v := newVerifier(t, clk, c)
+			v, publish := publishedVerifier(t, source, clk, dev, func(c *IssuerConfig) { c.MaxStale = 2 * time.Hour })
 			cached, err := dev.Token(testAudience, "europe-west1", "w", 24*time.Hour)
 			require.NoError(t, err)
 			_, err = v.Verify(ctx, cached)
