@@ -422,35 +422,36 @@ func TestCyclicValues(t *testing.T) {
 		require.Equal(t, "SECRET-kid", kids[0].Label)
 	})
 	t.Run("long list is not a cycle", func(t *testing.T) {
-		type rec struct {
-			ID     string `zonekey:"subject"`
-			Region string `zonekey:"zone"`
-			List   *Node
-		}
-		r := &rec{ID: "s1", Region: "eu"}
-		for i := range 3000 {
-			r.List = &Node{Label: fmt.Sprint("SECRET-", i), Next: r.List}
-		}
+		r := newList(3000)
 		require.NoError(t, e.c.Encrypt(ctx, r))
 		require.True(t, envelope.IsText(r.List.Next.Next.Label))
 		require.NoError(t, e.c.Decrypt(ctx, r))
 		require.Equal(t, "SECRET-2997", r.List.Next.Next.Label)
 	})
 	t.Run("too deep a list is refused, not a stack overflow", func(t *testing.T) {
-		type rec struct {
-			ID     string `zonekey:"subject"`
-			Region string `zonekey:"zone"`
-			List   *Node
-		}
-		r := &rec{ID: "s1", Region: "eu"}
-		for i := range 20000 {
-			r.List = &Node{Label: fmt.Sprint("SECRET-", i), Next: r.List}
-		}
+		r := newList(20000)
 		err := e.c.Encrypt(ctx, r)
 		require.ErrorIs(t, err, fieldcrypt.ErrInvalidValue)
 		require.ErrorContains(t, err, "deep")
 		require.Equal(t, "SECRET-19999", r.List.Label, "unchanged")
 	})
+}
+
+// listRecord is a record holding a linked list.
+type listRecord struct {
+	ID     string `zonekey:"subject"`
+	Region string `zonekey:"zone"`
+	List   *Node
+}
+
+// newList returns a record whose list has n nodes, labelled SECRET-<n-1>
+// at its head down to SECRET-0.
+func newList(n int) *listRecord {
+	r := &listRecord{ID: "s1", Region: "eu"}
+	for i := range n {
+		r.List = &Node{Label: fmt.Sprint("SECRET-", i), Next: r.List}
+	}
+	return r
 }
 
 // TestSharedNodes: a value whose nodes are shared many times over (each
