@@ -124,6 +124,12 @@
 // Store implements keystore.LifecycleStore too. Each method is one
 // statement or one transaction, so it writes all of its effect or nothing:
 //
+//   - CreateDEK, ShredSubject and MoveDEKs first take a transaction
+//     advisory lock of each (zone, subject) they touch (pg_advisory_xact_lock
+//     on a key hashed from the store's table name, the zone and the
+//     subject; in key order), so that CreateDEK's check of the tombstones
+//     and its insert are one step with respect to a shred or move: a
+//     tombstone that does not exist yet has no row to lock.
 //   - ShredSubject deletes the subject's rows with DELETE ... RETURNING,
 //     records their ids in shredded_deks and upserts the tombstone, in one
 //     transaction. Of two shreds of a subject at once, the second waits for
