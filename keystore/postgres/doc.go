@@ -129,7 +129,9 @@
 //     on a key hashed from the store's table name, the zone and the
 //     subject; in key order), so that CreateDEK's check of the tombstones
 //     and its insert are one step with respect to a shred or move: a
-//     tombstone that does not exist yet has no row to lock.
+//     tombstone that does not exist yet has no row to lock. CreateDEK sends
+//     the lock and its conditional INSERT as one batch, which the server
+//     runs as one implicit transaction: one round trip, as a plain INSERT.
 //   - ShredSubject deletes the subject's rows with DELETE ... RETURNING,
 //     records their ids in shredded_deks and upserts the tombstone, in one
 //     transaction. Of two shreds of a subject at once, the second waits for

@@ -21,7 +21,7 @@ type lifecycleSQL struct {
 	sqlSubjectDEKs, sqlShredDEKs, sqlInsertShredded, sqlUpsertTombstone string
 	sqlTombstone, sqlShreddedDEK, sqlIsShredded                         string
 	sqlLockSubject, sqlMoveDEKs                                         string
-	sqlTombstonesOf, sqlSubjectLock                                     string
+	sqlTombstonesOf, sqlSubjectLock, sqlInsertDEKUnlessTombstone        string
 	subjectLockSpace                                                    string
 	sqlDeleteZoneKeysBelow                                              string
 	sqlInsertEpoch, sqlEpoch, sqlLatestEpoch, sqlUpdateEpoch            string
@@ -49,6 +49,13 @@ func newLifecycleSQL(n names, dekCols string) lifecycleSQL {
 		// the subject's and the zone's.
 		sqlTombstonesOf: "SELECT " + tombstoneCols + " FROM " + tombs + " WHERE zone = $1 AND (subject = $2 OR subject = ''::bytea)",
 		sqlSubjectLock:  "SELECT pg_advisory_xact_lock($1)",
+		// keystore.Tombstone.Refuses in SQL: a zone-shredded zone (kind
+		// 3, subject ''), or the subject's shred or move (kinds 1 and 2)
+		// at or above the row's generation.
+		sqlInsertDEKUnlessTombstone: "INSERT INTO " + deks + " (" + dekCols + ")" +
+			" SELECT $1::bytea, $2::bytea, $3::bytea, $4::int8, $5::int8, $6::bytea, $7::timestamptz, $8::int8" +
+			" WHERE NOT EXISTS (SELECT 1 FROM " + tombs + " AS t WHERE t.zone = $2::bytea AND" +
+			" ((t.subject = ''::bytea AND t.kind = 3) OR (t.subject = $3::bytea AND t.kind IN (1, 2) AND t.generation >= $4::int8)))",
 		// The lock keys of one store's subjects are apart from those of
 		// another store (schema) in the same database.
 		subjectLockSpace: "zonekey subject lock " + deks,
@@ -85,12 +92,7 @@ func newLifecycleSQL(n names, dekCols string) lifecycleSQL {
 func (s *Store) lockSubjects(ctx context.Context, tx pgx.Tx, subject string, zones ...string) error {
 	keys := make([]int64, len(zones))
 	for i, z := range zones {
-		h := fnv.New64a()
-		h.Write([]byte(s.subjectLockSpace))
-		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(z))))
-		h.Write([]byte(z))
-		h.Write([]byte(subject))
-		keys[i] = int64(h.Sum64())
+		keys[i] = s.subjectLockKey(z, subject)
 	}
 	slices.Sort(keys)
 	for i, k := range keys {
@@ -102,6 +104,17 @@ func (s *Store) lockSubjects(ctx context.Context, tx pgx.Tx, subject string, zon
 		}
 	}
 	return nil
+}
+
+// subjectLockKey is the advisory lock key of (zone, subject) (see
+// lockSubjects).
+func (s *Store) subjectLockKey(zone, subject string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(s.subjectLockSpace))
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(zone))))
+	h.Write([]byte(zone))
+	h.Write([]byte(subject))
+	return int64(h.Sum64())
 }
 
 // rollbackTimeout bounds the rollback of a failed transaction, which runs

@@ -250,6 +250,7 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Begin(ctx context.Context) (pgx.Tx, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // do runs fn on a pooled connection. If the connection is lost under fn (the
@@ -502,9 +503,11 @@ func (s *Store) ZoneKey(ctx context.Context, zone string, version uint32) (keyst
 }
 
 // CreateDEK implements keystore.Store, and the tombstone check of
-// keystore.LifecycleStore: in one transaction, under the subject's lock
-// (lockSubjects), it reads the tombstones that could refuse the row and
-// inserts it.
+// keystore.LifecycleStore, in one round trip: a batch, which PostgreSQL
+// runs as one implicit transaction, takes the subject's lock
+// (lockSubjects) and then inserts the row unless a tombstone refuses it
+// (sqlInsertDEKUnlessTombstone, whose snapshot is taken after the lock).
+// Only when nothing was inserted are the tombstones read, to say why.
 func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
 	if err := checkDEK(row); err != nil {
 		return err
@@ -512,12 +515,26 @@ func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
 	op := fmt.Sprintf("creating DEK %s", row.ID)
 	args := []any{row.ID[:], bs(row.Zone), bs(row.Subject), int64(row.Generation), int64(row.ZoneKeyVersion), nonNil(row.Wrapped), row.Created, int64(row.KEKVersion)}
 	var dup bool // the retry's insert collided: perhaps with the first attempt's row
-	err := s.inTx(ctx, op, func(ctx context.Context, tx pgx.Tx, retry bool) error {
+	err := s.do(ctx, op, func(ctx context.Context, q querier, retry bool) error {
 		dup = false
-		if err := s.lockSubjects(ctx, tx, row.Subject, row.Zone); err != nil {
+		b := &pgx.Batch{}
+		b.Queue(s.sqlSubjectLock, s.subjectLockKey(row.Zone, row.Subject))
+		b.Queue(s.sqlInsertDEKUnlessTombstone, args...)
+		br := q.SendBatch(ctx, b)
+		_, err := br.Exec()
+		var tag pgconn.CommandTag
+		if err == nil {
+			tag, err = br.Exec()
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		var pgErr *pgconn.PgError
+		dup = retry && errors.As(err, &pgErr) && pgErr.Code == sqlstateUniqueViolation
+		if err != nil || tag.RowsAffected() == 1 {
 			return err
 		}
-		ts, err := queryRows(ctx, tx, scanTombstone, s.sqlTombstonesOf, bs(row.Zone), bs(row.Subject))
+		ts, err := queryRows(ctx, q, scanTombstone, s.sqlTombstonesOf, bs(row.Zone), bs(row.Subject))
 		if err != nil {
 			return err
 		}
@@ -526,10 +543,7 @@ func (s *Store) CreateDEK(ctx context.Context, row keystore.DEKRow) error {
 				return err
 			}
 		}
-		_, err = tx.Exec(ctx, s.sqlInsertDEK, args...)
-		var pgErr *pgconn.PgError
-		dup = retry && errors.As(err, &pgErr) && pgErr.Code == sqlstateUniqueViolation
-		return err
+		return fmt.Errorf("%w: postgres: DEK %s was refused by a tombstone that no longer refuses it", keystore.ErrConflict, row.ID)
 	})
 	if dup {
 		// The first attempt committed if the stored row is this one.
