@@ -348,7 +348,11 @@ func (is *issuer) keys(ctx context.Context, kid string, now time.Time, onRefresh
 		if s != nil && is.tooStale(s, now) {
 			return nil, nil, is.staleErr(s, errors.New("the last load failed, and the next is rate-limited"))
 		}
-		return nil, nil, is.notAKey(s, kid, fmt.Sprintf(" (JWKS refetch is rate-limited to one per %s)", interval))
+		note := fmt.Sprintf(" (no key set could be loaded yet; the next try is allowed at %s)", is.lastAttempt.Add(interval).UTC().Format(time.RFC3339))
+		if s != nil {
+			note = fmt.Sprintf(" (not in its keys loaded at %s; they are loaded again at most once per %s)", s.fetched.UTC().Format(time.RFC3339), interval)
+		}
+		return nil, nil, is.notAKey(s, kid, note)
 	}
 	prev := is.lastAttempt
 	is.lastAttempt = now

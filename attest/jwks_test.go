@@ -173,6 +173,7 @@ func TestJWKSWithdrawnKeyDropsCache(t *testing.T) {
 	_, err = v.Verify(ctx, tok1)
 	require.ErrorIs(t, err, ErrAttestation, "a token under a withdrawn key stays cached")
 	require.Contains(t, err.Error(), "not a key of issuer")
+	require.Contains(t, err.Error(), "not in its keys loaded at", "says the key is gone, not merely that loads are limited")
 }
 
 func TestJWKSUnavailable(t *testing.T) {
