@@ -106,6 +106,7 @@ func RunConformanceTests(t *testing.T, newHarness HarnessMaker) {
 		{"RoundTrip", testRoundTrip},
 		{"KeyLengths", testKeyLengths},
 		{"EmptyKey", testEmptyKey},
+		{"InvalidBinding", testInvalidBinding},
 		{"RandomizedWrap", testRandomizedWrap},
 		{"InputsNotAliased", testInputsNotAliased},
 		{"OtherKEKCannotUnwrap", testOtherKEK},
@@ -232,6 +233,29 @@ func testEmptyKey(t *testing.T, h Harness) {
 			)
 			require.NotPanics(t, func() { w, err = c.Wrap(t.Context(), tc.key, binding(t)) })
 			require.Error(t, err, "Wrap of an empty key must fail")
+			require.Empty(t, w.Ciphertext)
+		})
+	}
+}
+
+// testInvalidBinding: a binding that Binding.Validate refuses (a part
+// missing, or a string too long to encode) is refused by Wrap with ErrConfig,
+// as its doc says drivers do, and nothing is wrapped.
+func testInvalidBinding(t *testing.T, h Harness) {
+	c, _ := custodians(t, h)
+	long := string(make([]byte, kms.MaxBindingString+1))
+	for _, tc := range []struct {
+		name string
+		b    kms.Binding
+	}{
+		{"no zone", kms.Binding{KeyID: "k", Version: 1}},
+		{"no key id", kms.Binding{Zone: "eu", Version: 1}},
+		{"version 0", kms.Binding{Zone: "eu", KeyID: "k"}},
+		{"zone too long", kms.Binding{Zone: long, KeyID: "k", Version: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, err := c.Wrap(t.Context(), randomBytes(t, 32), tc.b)
+			require.ErrorIs(t, err, kms.ErrConfig)
 			require.Empty(t, w.Ciphertext)
 		})
 	}

@@ -72,10 +72,11 @@
 // and Destroy re-read the file, change it and replace it atomically while
 // holding an advisory lock on a ".lock" file beside it (flock, on Unix), so
 // Custodians of one file in one or several processes never lose each other's
-// changes. Wrap and Unwrap first compare the file with the one the custodian
-// last read or wrote (a stat: same file, size and modification time) and
-// re-read it if another custodian replaced it, so each takes up the others'
-// rotations and destructions at its next Wrap or Unwrap; Versions reports
+// changes. Wrap and Unwrap first read the file and compare its content with
+// what the custodian last read or wrote (not its metadata, which a reused
+// inode and a coarse modification time can leave unchanged), and take it up
+// if another custodian replaced it, so each takes up the others' rotations
+// and destructions at its next Wrap or Unwrap; Versions reports
 // what was last read. A KEK file that can no longer be read fails Wrap and
 // Unwrap with kms.ErrConfig. Where the system has no flock, concurrent
 // changes by several processes are not supported.
@@ -87,6 +88,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -157,10 +159,10 @@ type Custodian struct {
 
 	mu   sync.RWMutex
 	ring *keyring // nil once closed
-	// file describes the file ring was read from or written as: Wrap and
-	// Unwrap compare it with the file at path and re-read a file another
-	// custodian has replaced (refresh).
-	file os.FileInfo
+	// sum is the SHA-256 of the file content ring was read from or
+	// written as: Wrap and Unwrap compare it with the file at path and
+	// take up a file another custodian has replaced (refresh).
+	sum [sha256.Size]byte
 }
 
 var (
@@ -203,7 +205,7 @@ func Open(path string, opts ...Option) (*Custodian, error) {
 			return nil, err
 		}
 	}
-	doc, fi, err := readKEKFile(abs)
+	doc, sum, err := readKEKFile(abs)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +214,7 @@ func Open(path string, opts ...Option) (*Custodian, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Custodian{path: abs, ring: ring, file: fi}, nil
+	return &Custodian{path: abs, ring: ring, sum: sum}, nil
 }
 
 // openURL is the kms.Opener of the "local" scheme.
@@ -342,8 +344,11 @@ func (c *Custodian) Wrap(ctx context.Context, key []byte, b kms.Binding) (kms.Wr
 	if len(key) == 0 || len(key) > MaxKeySize {
 		return kms.Wrapped{}, fmt.Errorf("%w: localkms: wrap %v: key is %d bytes, want 1 to %d", errs.InvalidValue, b, len(key), MaxKeySize)
 	}
+	if err := b.Validate(); err != nil {
+		return kms.Wrapped{}, fmt.Errorf("localkms: wrap: %w", err)
+	}
 	if err := checkBinding(b); err != nil {
-		return kms.Wrapped{}, fmt.Errorf("%w: localkms: wrap: %v", errs.InvalidValue, err)
+		return kms.Wrapped{}, fmt.Errorf("%w: localkms: wrap: %v", kms.ErrConfig, err)
 	}
 	if c.ring.isDestroyed() {
 		return kms.Wrapped{}, c.destroyedError("wrap", c.ring)
@@ -516,7 +521,7 @@ func (c *Custodian) changeFile(ctx context.Context, op string, fn func(doc *kekF
 // state. It returns the file's content, which the caller must wipe. c.mu
 // must be held for writing.
 func (c *Custodian) loadLocked() (*kekFile, error) {
-	doc, fi, err := readKEKFile(c.path)
+	doc, sum, err := readKEKFile(c.path)
 	if err != nil {
 		return nil, err
 	}
@@ -526,47 +531,44 @@ func (c *Custodian) loadLocked() (*kekFile, error) {
 		return nil, err
 	}
 	clear(c.ring.aeads)
-	c.ring, c.file = ring, fi
+	c.ring, c.sum = ring, sum
 	return doc, nil
 }
 
-// refresh re-reads the KEK file if another custodian (another process, or
+// refresh takes up the KEK file if another custodian (another process, or
 // another Custodian of the same file) has replaced it since this one read
 // or wrote it, so that versions it destroyed stop unwrapping here and a
-// version it added becomes the primary here too. It costs a stat of the
-// file; Wrap and Unwrap call it, which a keyring does once per zone key
-// per cache lifetime. A file that can no longer be read fails the call:
-// the custodian does not go on with keys the file may no longer hold.
+// version it added becomes the primary here too. It reads the file and
+// compares its content: a file's metadata can look unchanged after a
+// change (a reused inode, the same size, a coarse modification time). Wrap
+// and Unwrap call it, which a keyring does once per zone key per cache
+// lifetime. A file that can no longer be read fails the call: the
+// custodian does not go on with keys the file may no longer hold.
 func (c *Custodian) refresh(op string) error {
-	fi, err := os.Stat(c.path)
+	doc, sum, err := readKEKFile(c.path)
 	if err != nil {
-		return fmt.Errorf("%w: localkms: %s: KEK file %s: %v", kms.ErrConfig, op, c.path, err)
+		return fmt.Errorf("localkms: %s: %w", op, err)
 	}
+	doc.wipe()
 	c.mu.RLock()
-	same, closed := c.file != nil && sameFile(c.file, fi), c.ring == nil
+	same, closed := sum == c.sum, c.ring == nil
 	c.mu.RUnlock()
 	if same || closed {
 		return nil // closed: the caller reports it
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ring == nil || (c.file != nil && sameFile(c.file, fi)) {
+	if c.ring == nil || sum == c.sum {
 		return nil
 	}
-	doc, err := c.loadLocked()
+	// Read it again under the lock: this custodian may have replaced the
+	// file itself since the read above.
+	doc, err = c.loadLocked()
 	if err != nil {
 		return err
 	}
 	doc.wipe()
 	return nil
-}
-
-// sameFile reports whether a and b describe the same version of a file:
-// the same file (device and inode, as os.SameFile), size and modification
-// time. Every change replaces the KEK file with a new one, so a change
-// shows as another file.
-func sameFile(a, b os.FileInfo) bool {
-	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
 // DestroyBelow removes every KEK version lower than v from the file. Keys
@@ -631,17 +633,12 @@ func (c *Custodian) replace(doc *kekFile) error {
 	if err != nil {
 		return err
 	}
-	fi, err := os.Stat(tmp)
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("%w: localkms: temporary KEK file %s: %v", kms.ErrConfig, tmp, err)
-	}
 	if err := os.Rename(tmp, target); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("%w: localkms: replacing KEK file %s: %v", kms.ErrConfig, target, err)
 	}
 	// The file has changed: hold what it holds, whatever happens next.
-	c.ring, c.file = ring, fi
+	c.ring, c.sum = ring, sha256.Sum256(data)
 	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("%w: localkms: KEK file %s replaced, but its directory could not be synced: %v", kms.ErrConfig, target, err)
 	}
@@ -730,44 +727,49 @@ func now() time.Time { return time.Now().UTC().Truncate(time.Second) }
 
 // readKEKFile reads, checks and parses the KEK file at path. The caller
 // must wipe the result.
-func readKEKFile(path string) (*kekFile, os.FileInfo, error) {
+func readKEKFile(path string) (*kekFile, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	// Stat first: opening a named pipe would block until a writer comes.
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return nil, sum, fmt.Errorf("%w: localkms: KEK file %s is not a regular file (mode %v)", kms.ErrConfig, path, fi.Mode())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, fmt.Errorf("%w: localkms: KEK file %s does not exist (create it with localkms.CreateKEKFile, or add ?create=1 to the URL in development): %w",
+			return nil, sum, fmt.Errorf("%w: localkms: KEK file %s does not exist (create it with localkms.CreateKEKFile, or add ?create=1 to the URL in development): %w",
 				kms.ErrConfig, path, fs.ErrNotExist)
 		}
-		return nil, nil, fmt.Errorf("%w: localkms: opening KEK file: %v", kms.ErrConfig, err)
+		return nil, sum, fmt.Errorf("%w: localkms: opening KEK file: %v", kms.ErrConfig, err)
 	}
 	defer f.Close()
 	// Check the file that was opened, not the path, which may change.
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s: %v", kms.ErrConfig, path, err)
+		return nil, sum, fmt.Errorf("%w: localkms: KEK file %s: %v", kms.ErrConfig, path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is not a regular file (mode %v)", kms.ErrConfig, path, fi.Mode())
+		return nil, sum, fmt.Errorf("%w: localkms: KEK file %s is not a regular file (mode %v)", kms.ErrConfig, path, fi.Mode())
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 && runtime.GOOS != "windows" {
-		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s has mode %04o, which lets group or others access it; restrict it with: chmod 600 %s",
+		return nil, sum, fmt.Errorf("%w: localkms: KEK file %s has mode %04o, which lets group or others access it; restrict it with: chmod 600 %s",
 			kms.ErrConfig, path, perm, path)
 	}
 	if fi.Size() > maxFileSize {
-		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is %d bytes, more than the %d allowed", kms.ErrConfig, path, fi.Size(), maxFileSize)
+		return nil, sum, fmt.Errorf("%w: localkms: KEK file %s is %d bytes, more than the %d allowed", kms.ErrConfig, path, fi.Size(), maxFileSize)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
 	defer clear(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: localkms: reading KEK file %s: %v", kms.ErrConfig, path, err)
+		return nil, sum, fmt.Errorf("%w: localkms: reading KEK file %s: %v", kms.ErrConfig, path, err)
 	}
 	if len(data) > maxFileSize {
-		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is more than %d bytes", kms.ErrConfig, path, maxFileSize)
+		return nil, sum, fmt.Errorf("%w: localkms: KEK file %s is more than %d bytes", kms.ErrConfig, path, maxFileSize)
 	}
 	doc, err := parseKEKFile(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: localkms: KEK file %s is malformed: %v", kms.ErrConfig, path, err)
+		return nil, sum, fmt.Errorf("%w: localkms: KEK file %s is malformed: %v", kms.ErrConfig, path, err)
 	}
-	return doc, fi, nil
+	return doc, sha256.Sum256(data), nil
 }
 
 // parseKEKFile decodes and validates a KEK file. Its errors never quote the

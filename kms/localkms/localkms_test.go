@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -469,7 +470,7 @@ func TestWrapLimits(t *testing.T) {
 
 	long := kms.Binding{Zone: strings.Repeat("e", 1<<16), KeyID: "zk-1", Version: 1}
 	_, err = c.Wrap(t.Context(), make([]byte, 32), long)
-	require.ErrorIs(t, err, errs.InvalidValue, "a binding that Binding.Bytes cannot encode unambiguously")
+	require.ErrorIs(t, err, kms.ErrConfig, "a binding that Binding.Bytes cannot encode unambiguously")
 	_, w := wrap(t, c)
 	_, err = c.Unwrap(t.Context(), w, long)
 	require.ErrorIs(t, err, kms.ErrTampered)
@@ -715,4 +716,68 @@ func FuzzUnwrap(f *testing.F) {
 			t.Fatalf("error %v is neither ErrTampered nor ErrUnknownKey", err)
 		}
 	})
+}
+
+// TestChangeWithSameMetadata: a custodian takes up a change another one
+// made even when the file looks unchanged to stat (the same inode, size
+// and modification time, as a reused inode on a file system with coarse
+// timestamps gives): it compares the file's content.
+func TestChangeWithSameMetadata(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "eu.kek")
+	require.NoError(t, localkms.CreateKEKFile(p))
+	b, err := localkms.Open(p)
+	require.NoError(t, err)
+	defer b.Close()
+	bind := kms.Binding{Zone: "eu", KeyID: "k", Version: 1}
+	w, err := b.Wrap(ctx, make([]byte, 32), bind)
+	require.NoError(t, err)
+	before, err := os.Stat(p)
+	require.NoError(t, err)
+
+	// Another custodian runs an epoch's KEK steps on a copy; its result
+	// is then written over the file in place, and the file's times put
+	// back.
+	cp := filepath.Join(dir, "copy.kek")
+	data, err := os.ReadFile(p)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cp, data, 0o600))
+	a, err := localkms.Open(cp)
+	require.NoError(t, err)
+	_, err = a.Rotate(ctx)
+	require.NoError(t, err)
+	require.NoError(t, a.DestroyBelow(ctx, 2))
+	require.NoError(t, a.Close())
+	changed, err := os.ReadFile(cp)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(p, changed, 0o600))
+	require.NoError(t, os.Chtimes(p, before.ModTime(), before.ModTime()))
+	after, err := os.Stat(p)
+	require.NoError(t, err)
+	require.True(t, os.SameFile(before, after))
+
+	_, err = b.Unwrap(ctx, w, bind)
+	require.ErrorIs(t, err, kms.ErrUnknownKey, "version 1 was destroyed")
+	nw, err := b.Wrap(ctx, make([]byte, 32), kms.Binding{Zone: "eu", KeyID: "k2", Version: 2})
+	require.NoError(t, err)
+	require.Equal(t, uint32(2), nw.KEKVersion, "new keys are wrapped under the new primary")
+}
+
+// TestKEKPathNotARegularFile: a KEK path that is a named pipe is refused
+// with ErrConfig at once; opening it would block until a writer comes.
+func TestKEKPathNotARegularFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "eu.kek")
+	if err := mkfifo(p); err != nil {
+		t.Skipf("no named pipes here: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := localkms.Open(p); done <- err }()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, kms.ErrConfig)
+		require.ErrorContains(t, err, "not a regular file")
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open of a named pipe blocked")
+	}
 }
