@@ -126,7 +126,7 @@ const (
 
 // outcome is what a failed attempt means.
 type outcome struct {
-	sentinel error // the kms sentinel the failure maps to, or nil
+	sentinel error // the kms sentinel the failure maps to
 	checksum bool  // a CRC32C mismatch
 	retry    bool  // worth another attempt
 }
@@ -139,8 +139,9 @@ func classify(o op, err error) outcome {
 	}
 	s, ok := status.FromError(err)
 	if !ok {
-		// Not from gRPC: a response that breaks the API's contract.
-		return outcome{}
+		// Not from gRPC: a response that breaks the API's contract (an
+		// empty ciphertext, another key's version). Not retried.
+		return outcome{sentinel: kms.ErrUnavailable}
 	}
 	switch s.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
@@ -164,10 +165,11 @@ func classify(o op, err error) outcome {
 		return outcome{sentinel: kms.ErrDenied}
 	case codes.Unimplemented:
 		return outcome{sentinel: kms.ErrConfig}
-	case codes.Internal, codes.Unknown, codes.Aborted, codes.Canceled:
-		return outcome{sentinel: kms.ErrUnavailable}
 	}
-	return outcome{}
+	// Internal, Unknown, Aborted, Canceled, and codes the API does not
+	// use for these calls (DataLoss, AlreadyExists, OutOfRange): the
+	// service failed. Not retried.
+	return outcome{sentinel: kms.ErrUnavailable}
 }
 
 // retry runs attempt until it succeeds, fails for good, runs out of
@@ -213,14 +215,15 @@ func (c *Custodian) failure(o op, out outcome, err error, attempts int, note str
 	if attempts > 1 {
 		tries = fmt.Sprintf(" (%d attempts)", attempts)
 	}
+	if !out.checksum && errors.Is(err, out.sentinel) {
+		return fmt.Errorf("gcpkms: %s with %s: %w%s%s", o, c.key.full, err, tries, note)
+	}
 	detail := fmt.Sprintf("gcpkms: %s with %s: %v%s%s", o, c.key.full, err, tries, note)
 	switch {
 	case out.checksum:
 		return fmt.Errorf("%w: %w: %s", out.sentinel, ErrChecksum, detail)
-	case out.sentinel != nil:
-		return fmt.Errorf("%w: %s", out.sentinel, detail)
 	}
-	return errors.New(detail)
+	return fmt.Errorf("%w: %s", out.sentinel, detail)
 }
 
 func (c *Custodian) ctxError(o op, ctxErr, last error) error {

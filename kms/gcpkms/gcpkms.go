@@ -321,7 +321,7 @@ func (c *Custodian) encrypt(ctx context.Context, plaintext, aad []byte) (ciphert
 		case !crcMatches(resp.GetCiphertextCrc32C(), resp.GetCiphertext()):
 			return corrupted("ciphertext does not match its checksum (response damaged in transit)")
 		case len(resp.GetCiphertext()) == 0:
-			return fmt.Errorf("gcpkms: Cloud KMS returned an empty ciphertext")
+			return fmt.Errorf("%w: gcpkms: Cloud KMS returned an empty ciphertext", kms.ErrUnavailable)
 		}
 		v, err := c.key.versionOf(resp.GetName())
 		if err != nil {

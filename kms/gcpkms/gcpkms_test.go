@@ -358,6 +358,11 @@ func TestFaults(t *testing.T) {
 		{codes.NotFound, kms.ErrUnknownKey, 1},
 		{codes.FailedPrecondition, kms.ErrUnknownKey, 1},
 		{codes.Internal, kms.ErrUnavailable, 1},
+		// Codes the API does not use for these calls: still a typed,
+		// unretried failure.
+		{codes.DataLoss, kms.ErrUnavailable, 1},
+		{codes.AlreadyExists, kms.ErrUnavailable, 1},
+		{codes.OutOfRange, kms.ErrUnavailable, 1},
 	} {
 		t.Run(tc.code.String(), func(t *testing.T) {
 			faults := make([]codes.Code, attempts)

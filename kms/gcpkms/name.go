@@ -81,11 +81,11 @@ func checkResidency(k keyName, allowed []string) error {
 func (k keyName) versionOf(name string) (uint32, error) {
 	rest, ok := strings.CutPrefix(name, k.full+"/cryptoKeyVersions/")
 	if !ok {
-		return 0, fmt.Errorf("gcpkms: Cloud KMS named key version %q, which is not a version of %s", name, k.full)
+		return 0, fmt.Errorf("%w: gcpkms: Cloud KMS named key version %q, which is not a version of %s", kms.ErrUnavailable, name, k.full)
 	}
 	n, err := strconv.ParseUint(rest, 10, 32)
 	if err != nil || n == 0 || rest[0] == '0' {
-		return 0, fmt.Errorf("gcpkms: Cloud KMS named key version %q, whose number is not a version number", name)
+		return 0, fmt.Errorf("%w: gcpkms: Cloud KMS named key version %q, whose number is not a version number", kms.ErrUnavailable, name)
 	}
 	return uint32(n), nil
 }
