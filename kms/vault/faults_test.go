@@ -401,4 +401,22 @@ func TestKeyManager(t *testing.T) {
 	w5, err := c.Wrap(ctx, key, b)
 	require.NoError(t, err)
 	require.Equal(t, uint32(5), w5.KEKVersion)
+
+	// After a destroy (which raised min_encryption_version to 3), retiring
+	// below a higher version works: Vault wants the encryption minimum at
+	// least the decryption one, so both go up.
+	require.NoError(t, c.RetireBelow(ctx, 5))
+	minLive, primary, err = c.KEKVersions(ctx)
+	require.NoError(t, err)
+	require.Equal(t, [2]uint32{5, 5}, [2]uint32{minLive, primary})
+	got, err = c.Unwrap(ctx, w5, b)
+	require.NoError(t, err)
+	require.Equal(t, key, got)
+	w6, err := c.Wrap(ctx, key, b)
+	require.NoError(t, err)
+	require.Equal(t, uint32(5), w6.KEKVersion)
+	require.NoError(t, c.RetireBelow(ctx, 3), "and lowered again")
+	got, err = c.Unwrap(ctx, w3, b)
+	require.NoError(t, err)
+	require.Equal(t, key, got)
 }

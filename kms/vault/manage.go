@@ -136,8 +136,10 @@ func (c *Custodian) settings(ctx context.Context, tok, op string) (keySettings, 
 }
 
 // RetireBelow sets the key's min_decryption_version to v, so that keys
-// wrapped under older versions no longer unwrap (kms.ErrUnknownKey). It can
-// be lowered again, down to the oldest version not destroyed. v above the
+// wrapped under older versions no longer unwrap (kms.ErrUnknownKey), and
+// raises min_encryption_version to v too where a DestroyBelow set it lower
+// (Vault wants it at least the decryption minimum). It can be lowered
+// again, down to the oldest version not destroyed. v above the
 // latest version, or 0, fails with errs.InvalidValue. The token needs read
 // on MOUNT/keys/KEY and update on MOUNT/keys/KEY/config.
 func (c *Custodian) RetireBelow(ctx context.Context, v uint32) error {
@@ -161,8 +163,13 @@ func (c *Custodian) RetireBelow(ctx context.Context, v uint32) error {
 		case v == s.MinDecryptionVersion:
 			return nil
 		}
-		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys")+"/config",
-			map[string]any{"min_decryption_version": v}, retryTransient)
+		settings := map[string]any{"min_decryption_version": v}
+		if s.MinEncryptionVersion > 0 && s.MinEncryptionVersion < v {
+			// Vault wants the encryption minimum, when set (a
+			// DestroyBelow sets it), at least the decryption one.
+			settings["min_encryption_version"] = v
+		}
+		resp, err := c.send(ctx, op, tok, http.MethodPut, c.keyPath("keys")+"/config", settings, retryTransient)
 		if err != nil {
 			return err
 		}
