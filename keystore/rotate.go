@@ -145,18 +145,32 @@ type KEKInUseError struct {
 	// ZoneKeyVersions lists, ascending, the zone-key versions whose rows
 	// are wrapped under a KEK version below Below.
 	ZoneKeyVersions []uint32
+	// PendingDEKs counts the DEK rows moved in from another zone
+	// (DEKRow.Pending) that are wrapped directly under a KEK version below
+	// Below: the zone adopts them under its zone key on their first use or
+	// at its next zone-key rotation (RotateZoneKey) or epoch.
+	PendingDEKs int
 	// OldestKEKVersion is the oldest KEK version these rows use.
 	OldestKEKVersion uint32
 }
 
 // Error implements error.
 func (e *KEKInUseError) Error() string {
-	vs := make([]string, len(e.ZoneKeyVersions))
-	for i, v := range e.ZoneKeyVersions {
-		vs[i] = fmt.Sprintf("v%d", v)
+	var what, fix []string
+	if len(e.ZoneKeyVersions) > 0 {
+		vs := make([]string, len(e.ZoneKeyVersions))
+		for i, v := range e.ZoneKeyVersions {
+			vs[i] = fmt.Sprintf("v%d", v)
+		}
+		what = append(what, "zone-key rows "+strings.Join(vs, ", "))
+		fix = append(fix, "rewrap them (RewrapZoneKeys)")
 	}
-	return fmt.Sprintf("keystore: zone %q: cannot retire KEK versions below %d: zone-key rows %s are still wrapped under KEK versions from %d; rewrap them first (RewrapZoneKeys)",
-		e.Zone, e.Below, strings.Join(vs, ", "), e.OldestKEKVersion)
+	if e.PendingDEKs > 0 {
+		what = append(what, fmt.Sprintf("%d DEK rows moved in from another zone", e.PendingDEKs))
+		fix = append(fix, "adopt the moved DEKs (RotateZoneKey)")
+	}
+	return fmt.Sprintf("keystore: zone %q: cannot retire KEK versions below %d: %s are still wrapped under KEK versions from %d; first %s",
+		e.Zone, e.Below, strings.Join(what, " and "), e.OldestKEKVersion, strings.Join(fix, " and "))
 }
 
 // rotation is what an operation on a zone's keys works with.
@@ -327,8 +341,10 @@ func (r *rotation) rewrapZoneKey(ctx context.Context, km kms.KeyManager, row Zon
 // RetireKEKBelow makes the zone's KEK versions older than v refuse to unwrap
 // at its custodian (kms.KeyManager.RetireBelow; Vault's
 // min_decryption_version). It refuses with a *KEKInUseError, changing
-// nothing, while a zone-key row of the zone is wrapped under such a version,
-// and with ErrInvalidValue a v above the custodian's primary version.
+// nothing, while a zone-key row of the zone, or a DEK row moved in from
+// another zone and not yet adopted (wrapped by the KEK itself), is wrapped
+// under such a version, and with ErrInvalidValue a v above the custodian's
+// primary version. Looking for moved rows scans the zone's DEK rows.
 //
 // The check and the retirement are two steps: a process that creates a zone
 // key in between, through a custodian that has not yet seen the new primary
@@ -358,15 +374,35 @@ func (k *Keyring) RetireKEKBelow(ctx context.Context, zone string, v uint32) err
 		return fmt.Errorf("zone %q: listing zone keys: %w", zone, err)
 	}
 	inUse := &KEKInUseError{Zone: zone, Below: v}
+	oldest := func(kv uint32) {
+		if inUse.OldestKEKVersion == 0 || kv < inUse.OldestKEKVersion {
+			inUse.OldestKEKVersion = kv
+		}
+	}
 	for _, row := range rows {
 		if row.KEKVersion < v {
 			inUse.ZoneKeyVersions = append(inUse.ZoneKeyVersions, row.Version)
-			if inUse.OldestKEKVersion == 0 || row.KEKVersion < inUse.OldestKEKVersion {
-				inUse.OldestKEKVersion = row.KEKVersion
-			}
+			oldest(row.KEKVersion)
 		}
 	}
-	if len(inUse.ZoneKeyVersions) > 0 {
+	// DEK rows moved in and not yet adopted are wrapped by the KEK itself.
+	for cursor := ""; ; {
+		page, next, err := r.rs.ScanDEKs(ctx, zone, cursor, countBatch)
+		if err != nil {
+			return fmt.Errorf("zone %q: looking for moved DEKs: %w", zone, err)
+		}
+		for _, row := range page {
+			if row.Pending() && row.KEKVersion < v {
+				inUse.PendingDEKs++
+				oldest(row.KEKVersion)
+			}
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if len(inUse.ZoneKeyVersions) > 0 || inUse.PendingDEKs > 0 {
 		return inUse
 	}
 	ev := audit.Event{Action: audit.Rotate, KEKVersion: v}

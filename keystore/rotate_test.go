@@ -949,3 +949,32 @@ func TestRotateZoneKeyForeignRowTampered(t *testing.T) {
 		})
 	}
 }
+
+// TestRetireKEKBelowMovedDEKs: a DEK moved in from another zone is wrapped
+// by the zone's KEK itself until the zone adopts it; retiring that KEK
+// version is refused while such a DEK is not adopted, and allowed once a
+// zone-key rotation has adopted it, after which it still opens.
+func TestRetireKEKBelowMovedDEKs(t *testing.T) {
+	e := newRotEnv(t)
+	k := e.keyring(t)
+	recs := makeDEKs(t, k, "eu", "s", 1)
+	makeDEKs(t, k, "us", "u", 2)
+	_, err := k.MoveSubject(t.Context(), "s-00000", "eu", "us") // pending in us, under us's KEK v1
+	require.NoError(t, err)
+	_, err = k.RotateKEK(t.Context(), "us") // KEK v2; the zone-key rows are rewrapped
+	require.NoError(t, err)
+
+	err = k.RetireKEKBelow(t.Context(), "us", 2)
+	var inUse *keystore.KEKInUseError
+	require.ErrorAs(t, err, &inUse)
+	require.Equal(t, &keystore.KEKInUseError{Zone: "us", Below: 2, PendingDEKs: 1, OldestKEKVersion: 1}, inUse)
+	require.ErrorContains(t, err, "moved in from another zone")
+	minLive, _, err := e.cust["us"].KEKVersions(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, uint32(1), minLive, "a refused retirement changes nothing")
+
+	_, err = k.RotateZoneKey(t.Context(), "us", keystore.ZoneKeyRotation{}) // adopts the moved DEK
+	require.NoError(t, err)
+	require.NoError(t, k.RetireKEKBelow(t.Context(), "us", 2))
+	requireOpens(t, e.cold(t), recs, "the moved DEK after the retirement")
+}

@@ -54,8 +54,9 @@ this process in one of the zone's regions.
 
   rotate --zone Z --retire-below N
       Makes KEK versions below N refuse to unwrap at the custodian (Vault's
-      min_decryption_version). Refused while any zone-key row of the zone is
-      still wrapped under such a version.
+      min_decryption_version). Refused while any zone-key row of the zone,
+      or any DEK moved in from another zone and not yet adopted, is still
+      wrapped under such a version.
 
   rotate --zone Z --zone-key [--batch N]
       Makes a new zone-key version, under which this and, once they notice,
@@ -229,7 +230,10 @@ type rotateResult struct {
 	// Lagging lists, for a refused retire, the zone-key versions still
 	// wrapped under a KEK version to be retired.
 	Lagging []uint32 `json:"lagging_zone_key_versions,omitempty"`
-	Error   string   `json:"error,omitempty"`
+	// LaggingMoved counts, for a refused retire, the DEKs moved in from
+	// another zone and still wrapped under a KEK version to be retired.
+	LaggingMoved int    `json:"lagging_moved_deks,omitempty"`
+	Error        string `json:"error,omitempty"`
 	// ErrorKind classifies Error: "outside_custody", "kek_in_use",
 	// "interrupted", "kms_unavailable", ... (see errorKind).
 	ErrorKind string `json:"error_kind,omitempty"`
@@ -276,8 +280,15 @@ func (r *rotateRun) retire(ctx context.Context, cl *zonekey.Client, v uint32) in
 		hint := ""
 		var inUse *keystore.KEKInUseError
 		if errors.As(err, &inUse) {
-			out.Lagging = inUse.ZoneKeyVersions
-			hint = fmt.Sprintf("rewrap the zone-key rows first: zonekey rotate --zone %s --rewrap-only", r.zone)
+			out.Lagging, out.LaggingMoved = inUse.ZoneKeyVersions, inUse.PendingDEKs
+			var hints []string
+			if len(inUse.ZoneKeyVersions) > 0 {
+				hints = append(hints, fmt.Sprintf("rewrap the zone-key rows first: zonekey rotate --zone %s --rewrap-only", r.zone))
+			}
+			if inUse.PendingDEKs > 0 {
+				hints = append(hints, fmt.Sprintf("adopt the moved DEKs first: zonekey rotate --zone %s --zone-key", r.zone))
+			}
+			hint = strings.Join(hints, "; ")
 		}
 		return r.fail(out, err, hint)
 	}
