@@ -300,6 +300,9 @@ func (k *Keyring) Reinstate(ctx context.Context, zone, subject string) (*DEK, er
 // becomes unreadable for good, and the zone gets no new key. confirm must
 // be the zone's name again, so that a slip does not destroy a zone.
 //
+// A first shred checks that the custodian holds the KEK (with a
+// kms.KeyManager: KEKVersions), and refuses with kms.ErrUnknownKey one
+// that does not, writing nothing: the zone's URL may name the wrong key.
 // The zone's tombstone is stored first, so that no process creates keys
 // under a zone being destroyed; then the KEK is destroyed. If the destroy
 // fails, running ShredZone again completes it. Processes that hold the
@@ -328,6 +331,20 @@ func (k *Keyring) ShredZone(ctx context.Context, zone, confirm string) (Tombston
 		return Tombstone{}, err
 	}
 	ctx = kms.WithCaller(ctx, caller)
+	// A first shred checks that the custodian has the KEK: destroying a
+	// key that does not exist succeeds (so that a shred can be run again
+	// after a lost answer), and would report a zone destroyed whose real
+	// KEK a mistyped URL or another custodian address left intact.
+	if km, ok := cust.(kms.KeyManager); ok && k.zoneShredded(ctx, zone) == nil {
+		if _, _, err := km.KEKVersions(ctx); err != nil {
+			if errors.Is(err, kms.ErrUnknownKey) {
+				err = fmt.Errorf("zone %q: the custodian has no KEK where the zone's configuration points, so there is nothing to destroy; check the zone's KEK URL: %w", zone, err)
+			} else {
+				err = fmt.Errorf("zone %q: checking the KEK before destroying it: %w", zone, err)
+			}
+			return Tombstone{}, err
+		}
+	}
 	ev := audit.Event{Action: audit.Shred, Decision: audit.Allow, Zone: zone, Reason: "zone shredded: its KEK is destroyed at the custodian"}
 	if err := k.record(ctx, caller, ev); err != nil {
 		return Tombstone{}, err

@@ -135,4 +135,29 @@ func TestShredZoneWithVault(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = k2.Close() })
 	requireRefused(t, k2, recs, keystore.ErrKeyShredded, "after the zone shred")
+	// Running it again (after a lost answer, say) finds the key gone and
+	// the zone shredded: done.
+	_, err = k.ShredZone(t.Context(), "eu", "eu")
+	require.NoError(t, err, "a repeated zone shred")
+}
+
+// TestShredZoneNoSuchKEK: a zone whose KEK URL names a key that does not
+// exist at the custodian (a typo, another Vault) is not reported shredded:
+// the shred refuses with kms.ErrUnknownKey and writes nothing.
+func TestShredZoneNoSuchKEK(t *testing.T) {
+	eu := newVaultZone(t, "eu")
+	c, err := vault.Open(context.Background(), vault.Config{Address: eu.srv.Addr, Key: "eu-userz", Token: eu.srv.Token})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	bs, err := boltstore.Open(filepath.Join(t.TempDir(), "keystore.db"), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = bs.Close() })
+	k, err := keystore.New(keystore.Config{Store: bs, Custodians: map[string]kms.Custodian{"eu": c}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = k.Close() })
+	_, err = k.ShredZone(t.Context(), "eu", "eu")
+	require.ErrorIs(t, err, kms.ErrUnknownKey)
+	require.ErrorContains(t, err, "check the zone's KEK URL")
+	_, err = bs.Tombstone(t.Context(), "eu", "")
+	require.ErrorIs(t, err, keystore.ErrUnknownKey, "no tombstone written")
 }
