@@ -20,6 +20,7 @@ package kms
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/url"
 	"sort"
@@ -159,7 +160,7 @@ func Schemes() []string {
 func Open(ctx context.Context, rawURL string) (Custodian, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		return nil, fmt.Errorf("%w: custodian URL: %v", ErrConfig, urlError(err))
 	}
 	openersMu.RLock()
 	open, ok := openers[u.Scheme]
@@ -168,6 +169,25 @@ func Open(ctx context.Context, rawURL string) (Custodian, error) {
 		return nil, fmt.Errorf("%w: no custodian driver for scheme %q (registered: %v)", ErrConfig, u.Scheme, Schemes())
 	}
 	return open(ctx, u)
+}
+
+// urlError is the reason of a url.Parse error, without the URL it quotes:
+// a URL's user information may hold a credential.
+func urlError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// RedactedURL returns u as a string without its user information, which
+// may hold a credential (url.URL.Redacted hides only a password): for
+// errors and logs.
+func RedactedURL(u *url.URL) string {
+	shown := *u
+	shown.User = nil
+	return shown.String()
 }
 
 // Caller is the verified caller on whose behalf a custodian is asked. The

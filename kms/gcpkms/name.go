@@ -100,7 +100,7 @@ func (k keyName) versionName(n uint32) string {
 func parseURL(u *url.URL) (Config, error) {
 	bad := func(format string, args ...any) (Config, error) {
 		return Config{}, fmt.Errorf("%w: gcpkms: URL %s: %s (want %s://projects/P/locations/L/keyRings/R/cryptoKeys/K[?allowed_locations=L1,L2])",
-			kms.ErrConfig, u.Redacted(), fmt.Sprintf(format, args...), Scheme)
+			kms.ErrConfig, kms.RedactedURL(u), fmt.Sprintf(format, args...), Scheme)
 	}
 	switch {
 	case u.Scheme != Scheme:

@@ -237,7 +237,7 @@ func openURL(ctx context.Context, u *url.URL) (kms.Custodian, error) {
 func parseURL(u *url.URL) (string, []Option, error) {
 	bad := func(format string, args ...any) (string, []Option, error) {
 		return "", nil, fmt.Errorf("%w: localkms: URL %s: %s (want local:///absolute/path or local://relative/path)",
-			kms.ErrConfig, u.Redacted(), fmt.Sprintf(format, args...))
+			kms.ErrConfig, kms.RedactedURL(u), fmt.Sprintf(format, args...))
 	}
 	switch {
 	case u.Scheme != Scheme:

@@ -466,15 +466,22 @@ func newCustodian(cfg Config) (*Custodian, error) {
 func checkAddress(addr string, allowHTTP bool) (*url.URL, error) {
 	u, err := url.Parse(addr)
 	if err != nil {
-		return nil, configError("address %q: %v", addr, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the address, whose user information may hold a token
+		}
+		return nil, configError("address: %v", err)
+	}
+	if u.User != nil {
+		return nil, configError("address of the Vault server must not contain user information")
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
 		return nil, configError("address %q: scheme must be http or https", addr)
 	case u.Host == "" || u.Hostname() == "":
 		return nil, configError("address %q has no host", addr)
-	case u.User != nil:
-		return nil, configError("address of the Vault server must not contain user information")
+	case !validPort(u.Port()):
+		return nil, configError("address %q: port must be 1 to 65535", addr)
 	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
 		return nil, configError("address %q must be scheme://host:port only", addr)
 	}
@@ -482,6 +489,15 @@ func checkAddress(addr string, allowHTTP bool) (*url.URL, error) {
 		return nil, configError("address %q is plain http to a host that is not loopback: use https, or allow it explicitly (tls=0 in the URL, Config.AllowHTTP)", addr)
 	}
 	return &url.URL{Scheme: u.Scheme, Host: u.Host}, nil
+}
+
+// validPort reports whether p, a URL's port, is empty or 1 to 65535.
+func validPort(p string) bool {
+	if p == "" {
+		return true
+	}
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535 && p[0] != '+'
 }
 
 // isLoopback reports whether host is a loopback IP address or "localhost".
@@ -606,6 +622,10 @@ func openURL(ctx context.Context, u *url.URL) (kms.Custodian, error) {
 func ParseURL(rawURL string) (Config, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, whose user information may hold a token
+		}
 		return Config{}, configError("URL: %v", err)
 	}
 	return parseURL(u)
@@ -614,7 +634,7 @@ func ParseURL(rawURL string) (Config, error) {
 func parseURL(u *url.URL) (Config, error) {
 	bad := func(format string, args ...any) (Config, error) {
 		return Config{}, fmt.Errorf("%w: vault: URL %s: %s (want vault://host:port/MOUNT/keys/KEY?auth=jwt&role=R)",
-			kms.ErrConfig, u.Redacted(), fmt.Sprintf(format, args...))
+			kms.ErrConfig, kms.RedactedURL(u), fmt.Sprintf(format, args...))
 	}
 	switch {
 	case u.Scheme != Scheme:
@@ -746,6 +766,9 @@ func parseURL(u *url.URL) (Config, error) {
 			return bad("empty port")
 		}
 		port = DefaultPort
+	}
+	if !validPort(port) {
+		return bad("port must be 1 to 65535")
 	}
 	scheme := "https"
 	if plain || (!tlsSet && isLoopback(host)) {

@@ -133,10 +133,18 @@ func TestParseURL(t *testing.T) {
 		"vault://h:8200/transit/keys/k?max_attempts=0",
 		"vault://h:8200/transit/keys/k?max_attempts=11",
 		"vault://h:8200/transit/keys/k?token_file=",
+		"vault://h:99999/transit/keys/k",
+		"vault://h:0/transit/keys/k",
+		"vault://hvs.SECRET@h:8200/transit/keys/k",
+		"vault://hvs.SECRET@h:8200/transit/keys/k\x7f",
 	} {
 		t.Run(bad, func(t *testing.T) {
 			_, err := vault.ParseURL(bad)
 			require.ErrorIs(t, err, kms.ErrConfig)
+			require.NotContains(t, err.Error(), "SECRET", "user information may be a token: never in an error")
+			_, err = kms.Open(t.Context(), bad)
+			require.ErrorIs(t, err, kms.ErrConfig)
+			require.NotContains(t, err.Error(), "SECRET")
 		})
 	}
 }
@@ -183,9 +191,11 @@ func TestOpenConfig(t *testing.T) {
 	// Plain http in a Config.
 	_, err = vault.Open(ctx, vault.Config{Address: "http://vault.example:8200", Key: "k", Auth: vault.AuthJWT, Role: "eu"})
 	require.ErrorIs(t, err, kms.ErrConfig)
-	for _, addr := range []string{"ftp://h:1", "https://h:8200/v1", "https://", "https://u@h:8200"} {
+	for _, addr := range []string{"ftp://h:1", "https://h:8200/v1", "https://", "https://u@h:8200", "https://h:70000", "https://h:0",
+		"https://hvs.SECRET@h:8200", "https://hvs.SECRET@h:8200/\x7f"} {
 		_, err = vault.Open(ctx, vault.Config{Address: addr, Key: "k", Auth: vault.AuthJWT, Role: "eu"})
 		require.ErrorIs(t, err, kms.ErrConfig, addr)
+		require.NotContains(t, err.Error(), "SECRET", addr)
 	}
 
 	// Token auth needs a token: from the config, a file or VAULT_TOKEN.
