@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
+	"strings"
 )
 
 // MaxLineSize bounds the length of a line of an audit file, its newline
@@ -235,10 +237,16 @@ func decodeEvent(e *Event, b []byte) error {
 	return nil
 }
 
-// marshalEvent returns the canonical encoding of e, with its time in UTC.
+// marshalEvent returns the canonical encoding of e, with its time in UTC
+// and its strings as valid UTF-8: bytes that are not (a subject may hold
+// any) become U+FFFD, as encoding/json would write them, but literally,
+// so that the line decodes and re-encodes to itself and verifies.
 func marshalEvent(e *Event) ([]byte, error) {
 	c := *e
 	c.Time = c.Time.UTC()
+	for _, s := range []*string{&c.Reason, &c.Zone, &c.Subject, &c.DEK, &c.Workload, &c.Region, &c.Issuer} {
+		*s = strings.ToValidUTF8(*s, "\uFFFD")
+	}
 	b, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("audit: encoding event: %w", err)
@@ -265,6 +273,13 @@ func lineHash(seq uint64, prev [sha256.Size]byte, event []byte) [sha256.Size]byt
 
 // appendLine appends the line for an event (canonical encoding) to dst, with
 // its newline, and returns it with the line's hash.
+// lineLen is the length of the longest line event can take: its line
+// with the widest seq.
+func lineLen(event []byte) int {
+	line, _ := appendLine(nil, math.MaxUint64, [sha256.Size]byte{}, event)
+	return len(line)
+}
+
 func appendLine(dst []byte, seq uint64, prev [sha256.Size]byte, event []byte) ([]byte, [sha256.Size]byte) {
 	sum := lineHash(seq, prev, event)
 	dst = append(dst, seqPrefix...)

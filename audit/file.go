@@ -45,7 +45,11 @@ type FileSink struct {
 	prev   [sha256.Size]byte
 	err    error // sticky: after a failed write or sync, nothing more is recorded
 	closed bool
-	buf    []byte
+	// closing is set by Close before its last fsync: from then on no
+	// line is written, so none is left behind unsynced by a Record that
+	// then fails.
+	closing bool
+	buf     []byte
 
 	// syncMu serializes fsyncs and guards synced. It is taken before mu.
 	syncMu sync.Mutex
@@ -261,6 +265,11 @@ func (s *FileSink) RecordBatch(_ context.Context, events []Event) error {
 		if err != nil {
 			return err
 		}
+		// Refuse an event too large for a line before any is written:
+		// measured with the longest seq a line can have.
+		if n := lineLen(ev); n > MaxLineSize {
+			return fmt.Errorf("audit: %s event needs up to a %d-byte line, more than MaxLineSize (%d)", e.Action, n, MaxLineSize)
+		}
 		lines[i] = ev
 	}
 	var last uint64
@@ -281,7 +290,7 @@ func (s *FileSink) RecordBatch(_ context.Context, events []Event) error {
 func (s *FileSink) write(action Action, ev []byte) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || s.closing {
 		return 0, fmt.Errorf("audit: %s: %w", s.path, errs.Closed)
 	}
 	if s.err != nil {
@@ -380,6 +389,7 @@ func (s *FileSink) Close() error {
 	defer s.syncMu.Unlock()
 	s.mu.Lock()
 	closed := s.closed
+	s.closing = true
 	s.mu.Unlock()
 	if closed {
 		return nil

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -408,4 +409,78 @@ func edit(line []byte, old, new string) []byte {
 func forge(seq uint64, prev [32]byte, event string) []byte {
 	line, _ := appendLine(nil, seq, prev, []byte(event))
 	return line
+}
+
+// TestInvalidUTF8Verifies: an event whose strings are not valid UTF-8 (a
+// subject may be any bytes; a reason may quote them) is written with
+// U+FFFD in their place, in a line that verifies and lets the file reopen,
+// in a batch as alone.
+func TestInvalidUTF8Verifies(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	s, err := OpenFile(path)
+	require.NoError(t, err)
+	e := testEvent(1)
+	e.Subject, e.Reason = "\xff\xfeuser", "refused \xc3("
+	require.NoError(t, s.Record(t.Context(), e))
+	e2 := testEvent(2)
+	e2.Workload = "spiffe://\x80"
+	require.NoError(t, s.RecordBatch(t.Context(), []Event{e2, testEvent(3)}))
+	require.NoError(t, s.Close())
+
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	n, err := Verify(f)
+	require.NoError(t, err)
+	require.Equal(t, 3, n)
+	events := readEvents(t, path)
+	require.Equal(t, "\uFFFDuser", events[0].Subject) // a run of invalid bytes is one U+FFFD
+	require.Equal(t, "refused \uFFFD(", events[0].Reason)
+	require.Equal(t, "spiffe://\uFFFD", events[1].Workload)
+	s, err = OpenFile(path)
+	require.NoError(t, err, "the file reopens")
+	require.NoError(t, s.Close())
+}
+
+// TestRecordBatchTooLargeWritesNothing: a batch holding an event too large
+// for a line is refused before any of its events is written.
+func TestRecordBatchTooLargeWritesNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	s, err := OpenFile(path)
+	require.NoError(t, err)
+	big := testEvent(2)
+	big.Reason = strings.Repeat("r", MaxLineSize)
+	require.Error(t, s.RecordBatch(t.Context(), []Event{testEvent(1), big}))
+	require.NoError(t, s.Record(t.Context(), testEvent(3)), "the sink goes on")
+	require.NoError(t, s.Close())
+	events := readEvents(t, path)
+	require.Len(t, events, 1)
+	require.Equal(t, "user-3", events[0].Subject)
+}
+
+// TestRecordDuringClose: a Record racing Close either succeeds, its line
+// synced, or fails and leaves no line: the file holds exactly the events
+// whose Record succeeded.
+func TestRecordDuringClose(t *testing.T) {
+	for range 20 {
+		path := filepath.Join(t.TempDir(), "audit.log")
+		s, err := OpenFile(path)
+		require.NoError(t, err)
+		var ok atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range 20 {
+					if s.Record(t.Context(), testEvent(i*100+j)) == nil {
+						ok.Add(1)
+					}
+				}
+			}()
+		}
+		require.NoError(t, s.Close())
+		wg.Wait()
+		require.Len(t, readEvents(t, path), int(ok.Load()))
+	}
 }

@@ -274,7 +274,7 @@ func (k *Keyring) record(ctx context.Context, c Caller, e audit.Event) error {
 	e.Time = k.now().UTC()
 	e.Workload, e.Region, e.Issuer = c.Workload, c.Region, c.Issuer
 	if err := k.audit.Record(context.WithoutCancel(ctx), e); err != nil {
-		return fmt.Errorf("%w: %v", ErrAudit, err)
+		return fmt.Errorf("%w: %w", ErrAudit, err)
 	}
 	return nil
 }
@@ -291,7 +291,7 @@ func (k *Keyring) recordBatch(ctx context.Context, c Caller, events []audit.Even
 		events[i].Workload, events[i].Region, events[i].Issuer = c.Workload, c.Region, c.Issuer
 	}
 	if err := audit.RecordBatch(context.WithoutCancel(ctx), k.audit, events); err != nil {
-		return fmt.Errorf("%w: %v", ErrAudit, err)
+		return fmt.Errorf("%w: %w", ErrAudit, err)
 	}
 	return nil
 }
