@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -49,8 +50,11 @@ type verifyResult struct {
 	Line     int    `json:"line,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	// Set by audit repair only.
-	Removed      *string `json:"removed,omitempty"`
-	RemovedBytes *int    `json:"removed_bytes,omitempty"`
+	// Removed is the torn line repair removed, as text (bytes that are
+	// not UTF-8 show as U+FFFD); RemovedBase64 has its exact bytes.
+	Removed       *string `json:"removed,omitempty"`
+	RemovedBase64 *string `json:"removed_base64,omitempty"`
+	RemovedBytes  *int    `json:"removed_bytes,omitempty"`
 }
 
 func auditVerify(c *cmdContext, file string, asJSON bool) int {
@@ -151,8 +155,8 @@ func auditRepair(c *cmdContext, file string, asJSON bool) int {
 	}
 	res := verifyFile(file)
 	if asJSON {
-		s, n := string(removed), len(removed)
-		res.Removed, res.RemovedBytes = &s, &n
+		s, b, n := string(removed), base64.StdEncoding.EncodeToString(removed), len(removed)
+		res.Removed, res.RemovedBase64, res.RemovedBytes = &s, &b, &n
 		return printJSON(c, res)
 	}
 	if removed == nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -157,6 +158,19 @@ func TestAuditRepair(t *testing.T) {
 	require.Equal(t, true, got["ok"])
 	require.Equal(t, 0.0, got["removed_bytes"])
 	require.Equal(t, 2.0, got["events"])
+
+	// A torn line cut inside a character: its exact bytes are in
+	// removed_base64.
+	cut := "{\"seq\":3,\"prev\":\"x\",\"event\":{\"reason\":\"caf\xc3"
+	require.NoError(t, os.WriteFile(path, []byte(lines[0]+lines[1]+cut), 0o600))
+	code, stdout, _ = cli("audit", "repair", "--json", path)
+	require.Equal(t, 0, code)
+	got = nil
+	require.NoError(t, json.Unmarshal([]byte(stdout), &got))
+	require.Equal(t, float64(len(cut)), got["removed_bytes"])
+	raw, err := base64.StdEncoding.DecodeString(got["removed_base64"].(string))
+	require.NoError(t, err)
+	require.Equal(t, cut, string(raw))
 
 	// A chain broken otherwise is reported, not repaired.
 	require.NoError(t, os.WriteFile(path, []byte(lines[1]), 0o600))
