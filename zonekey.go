@@ -414,6 +414,9 @@ func (c *Client) Keyring() *keystore.Keyring { return c.keyring }
 // too (BlankSearchable): the shred does not reach them. See
 // keystore.Keyring.ShredSubject.
 func (c *Client) Shred(ctx context.Context, zone, subject string) (keystore.ShredResult, error) {
+	if c.keyring == nil {
+		return keystore.ShredResult{}, fmt.Errorf("zonekey: shred: %w", ErrClosed)
+	}
 	return c.keyring.ShredSubject(ctx, zone, subject)
 }
 
@@ -422,6 +425,9 @@ func (c *Client) Shred(ctx context.Context, zone, subject string) (keystore.Shre
 // called, encrypting for a shredded subject fails with ErrKeyShredded. See
 // keystore.Keyring.Reinstate.
 func (c *Client) Reinstate(ctx context.Context, zone, subject string) error {
+	if c.keyring == nil {
+		return fmt.Errorf("zonekey: reinstate: %w", ErrClosed)
+	}
 	_, err := c.keyring.Reinstate(ctx, zone, subject)
 	return err
 }
@@ -434,6 +440,9 @@ func (c *Client) Reinstate(ctx context.Context, zone, subject string) error {
 // WithZone): under from it fails with ErrSubjectMoved. See
 // keystore.Keyring.MoveSubject.
 func (c *Client) MoveSubject(ctx context.Context, subject, from, to string) (keystore.MoveResult, error) {
+	if c.keyring == nil {
+		return keystore.MoveResult{}, fmt.Errorf("zonekey: move subject: %w", ErrClosed)
+	}
 	return c.keyring.MoveSubject(ctx, subject, from, to)
 }
 

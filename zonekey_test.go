@@ -153,6 +153,16 @@ func TestClosed(t *testing.T) {
 
 	var zero zonekey.Client
 	require.ErrorIs(t, zero.Encrypt(ctx, newAccount("a-1", "eu")), zonekey.ErrClosed)
+	// Every method of a zero Client fails with ErrClosed, none panics.
+	for name, call := range map[string]func() error{
+		"Decrypt":   func() error { return zero.Decrypt(ctx, newAccount("a-1", "eu")) },
+		"Shred":     func() error { _, err := zero.Shred(ctx, "eu", "a-1"); return err },
+		"Reinstate": func() error { return zero.Reinstate(ctx, "eu", "a-1") },
+		"Move":      func() error { _, err := zero.MoveSubject(ctx, "a-1", "eu", "us"); return err },
+		"Terms":     func() error { _, err := zero.IndexTerms(ctx, "eu", nil, "X", "v"); return err },
+	} {
+		require.ErrorIs(t, call(), zonekey.ErrClosed, name)
+	}
 	require.NoError(t, zero.Close())
 }
 
