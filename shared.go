@@ -29,10 +29,16 @@ func openShared(dir string) (keystore.Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStore, err)
 	}
-	path, err := filepath.Abs(filepath.Join(dir, "keystore.db"))
+	// The directory's real path: one reached through a symbolic link is
+	// the same store.
+	real, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		real, err = filepath.Abs(real)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrStore, err)
 	}
+	path := filepath.Join(real, "keystore.db")
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
 	if s := sharedStores[path]; s != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -165,7 +166,9 @@ type Client struct {
 }
 
 // Open opens a Client: the keystore, and a custodian per zone. The
-// configuration is checked before anything is opened or created; errors wrap
+// configuration is checked, as far as it can be without opening anything
+// (zones, regions, the store's settings, each KEK URL's scheme, the audit
+// file's directory), before anything is opened or created; errors wrap
 // ErrUnknownZone (no zones, or an invalid zone name), ErrInvalidValue (no
 // Dir and no Store), ErrKMSConfig (a KEK URL that names no registered
 // driver, or a missing or unusable KEK file) or ErrStore.
@@ -187,6 +190,24 @@ func Open(ctx context.Context, cfg Config) (_ *Client, err error) {
 	}
 	if cfg.Store == nil && cfg.StoreURL == "" && cfg.Dir == "" {
 		return nil, fmt.Errorf("%w: Config.Dir is empty (or set Config.Store or Config.StoreURL)", ErrInvalidConfig)
+	}
+	if cfg.Dir != "" && (cfg.Store != nil || cfg.StoreURL != "") {
+		return nil, fmt.Errorf("%w: Config.Dir names the embedded store: set it, or Config.Store or Config.StoreURL, not both", ErrInvalidConfig)
+	}
+	if cfg.ZoneKeyTTL < 0 || cfg.DEKTTL < 0 || cfg.DEKCacheSize < 0 {
+		return nil, fmt.Errorf("%w: Config.ZoneKeyTTL, DEKTTL and DEKCacheSize must not be negative (zero takes the default)", ErrInvalidConfig)
+	}
+	// Checked before anything is created: a zone's KEK (a local one with
+	// create=1) must not be made for an Open that then fails.
+	for _, zone := range zones {
+		if err := kms.CheckURL(cfg.Zones[zone].KEK); err != nil {
+			return nil, fmt.Errorf("zone %q: %w", zone, err)
+		}
+	}
+	if cfg.AuditFile != "" {
+		if fi, err := os.Stat(filepath.Dir(cfg.AuditFile)); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("%w: the directory of Config.AuditFile %s does not exist", ErrAudit, cfg.AuditFile)
+		}
 	}
 	policy := &keystore.RegionPolicy{Regions: map[string][]string{}, Issuers: map[string][]string{}, Attestor: cfg.Attestor}
 	for _, zone := range zones {

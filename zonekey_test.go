@@ -2,6 +2,7 @@ package zonekey_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -86,6 +87,27 @@ func TestClientOptions(t *testing.T) {
 	require.Equal(t, newAccount("a-1", "eu"), legacy)
 }
 
+// TestSharedStoreThroughSymlink: a directory reached through a symbolic
+// link is the same embedded store, shared like the directory itself.
+func TestSharedStoreThroughSymlink(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	real := filepath.Join(base, "real")
+	require.NoError(t, os.Mkdir(real, 0o700))
+	link := filepath.Join(base, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Skipf("no symbolic links here: %v", err)
+	}
+	a := open(t, real)
+	b, err := zonekey.Open(ctx, zonekey.Config{Dir: link, Zones: zonekey.LocalZones(real, "eu")})
+	require.NoError(t, err, "the same store, not a second lock on it")
+	defer b.Close()
+	rec := newAccount("a-1", "eu")
+	require.NoError(t, a.Encrypt(ctx, rec))
+	require.NoError(t, b.Decrypt(ctx, rec))
+	require.Equal(t, newAccount("a-1", "eu"), rec)
+}
+
 func TestOpenBadConfig(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -126,6 +148,25 @@ func TestOpenBadConfig(t *testing.T) {
 	entries, err := os.ReadDir(empty)
 	require.NoError(t, err)
 	require.Empty(t, entries)
+
+	// Settings Open can check without opening anything are checked before
+	// anything is created: no KEK file, no keystore, no audit file.
+	for name, cfg := range map[string]zonekey.Config{
+		"a good zone and one of an unknown scheme": {Zones: map[string]zonekey.ZoneConfig{
+			"eu": zonekey.LocalZones(empty, "eu")["eu"], "us": {KEK: "nosuchkms://key", Regions: anyRegion}}},
+		"an audit file in a missing directory": {Zones: zonekey.LocalZones(empty, "eu"), AuditFile: filepath.Join(empty, "no", "audit.jsonl")},
+		"Dir and StoreURL":                     {Zones: zonekey.LocalZones(empty, "eu"), StoreURL: "postgres://127.0.0.1/none"},
+		"a negative cache size":                {Zones: zonekey.LocalZones(empty, "eu"), DEKCacheSize: -5},
+		"a negative TTL":                       {Zones: zonekey.LocalZones(empty, "eu"), DEKTTL: -time.Second},
+	} {
+		cfg.Dir = filepath.Join(empty, "keystore")
+		_, err := zonekey.Open(ctx, cfg)
+		require.Error(t, err, name)
+		require.True(t, errors.Is(err, zonekey.ErrKMSConfig) || errors.Is(err, zonekey.ErrAudit) || errors.Is(err, zonekey.ErrInvalidConfig), "%s: %v", name, err)
+		entries, err := os.ReadDir(empty)
+		require.NoError(t, err)
+		require.Empty(t, entries, "%s: nothing created", name)
+	}
 
 	// A failed Open releases what it opened: the keystore can be opened
 	// again at once.

@@ -154,6 +154,22 @@ func Schemes() []string {
 	return out
 }
 
+// CheckURL reports whether rawURL parses and names a registered scheme,
+// without opening anything: what Open would refuse first.
+func CheckURL(rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return fmt.Errorf("%w: custodian URL: %v", ErrConfig, urlError(err))
+	}
+	openersMu.RLock()
+	_, ok := openers[u.Scheme]
+	openersMu.RUnlock()
+	if !ok {
+		return fmt.Errorf("%w: no custodian driver for scheme %q (registered: %v)", ErrConfig, u.Scheme, Schemes())
+	}
+	return nil
+}
+
 // Open opens the custodian that rawURL names, with the driver registered for
 // its scheme. The driver's package must be imported (package zonekey imports
 // the local driver).
