@@ -45,8 +45,10 @@
 // A blind-index field is a string next to its source, a string field of the
 // same struct tagged "encrypt"; Encrypt sets it to a term of the source's
 // plaintext, with the options bits=N (1 to 128, default 16), name=KEY (the
-// index key's name, by default the field's path) and the normalisers trim,
-// lower and nfc. "encrypt,deterministic" applies to string and []byte fields
+// index key's name, by default the field's path: types whose indexes have
+// the same name share their key and terms; one type's indexes of one name
+// must have the same bits and normalisers) and the normalisers trim, lower
+// and nfc. "encrypt,deterministic" applies to string and []byte fields
 // and pointers to them, and binds the field path only, not the subject.
 package fieldcrypt
 

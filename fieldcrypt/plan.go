@@ -637,6 +637,11 @@ func (b *builder) indexField(t reflect.Type, sf reflect.StructField, tag Tag, pa
 	if spec.bits == 0 {
 		spec.bits = DefaultIndexBits
 	}
+	for _, other := range b.plan.indexList {
+		if o := other.index; o.name == spec.name && (o.bits != spec.bits || o.norm != spec.norm) {
+			return nil, b.errorf(fpath, "index key name %q is also %s's, with other bits or normalisers: one index's terms would be truncations or variants of the other's, so the two could be joined; give one its own name= or both the same options", spec.name, other.path)
+		}
+	}
 	n := &node{kind: kIndex, path: fpath, typ: sf.Type, index: spec}
 	if b.plan.indexes == nil {
 		b.plan.indexes = map[string]*node{}

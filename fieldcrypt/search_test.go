@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -135,28 +136,82 @@ func TestIndexNormalisation(t *testing.T) {
 	require.Equal(t, term("Trim", "René"), r.Trim)
 }
 
-func TestIndexTermFormat(t *testing.T) {
-	type bits struct {
-		Zone string `zonekey:"zone"`
-		S    string `zonekey:"encrypt"`
-		B1   string `zonekey:"index=S,bits=1"`
-		B12  string `zonekey:"index=S,bits=12,name=b"`
-		B13  string `zonekey:"index=S,bits=13,name=b"`
-		B128 string `zonekey:"index=S,bits=128,name=b"`
-		B16  string `zonekey:"index=S,name=b"` // the default
+// bitsRecord returns a new record, holding s, of a type whose one blind
+// index has bits bits (the default if 0) under the key named "b", which
+// every such type shares. One type cannot hold two indexes of one key with
+// different bits (the plan refuses it), so the tests that compare lengths
+// under one key use a type per length.
+func bitsRecord(bits int, s string) reflect.Value {
+	tag := `zonekey:"index=S,name=b"`
+	if bits != 0 {
+		tag = fmt.Sprintf(`zonekey:"index=S,bits=%d,name=b"`, bits)
 	}
+	str := reflect.TypeFor[string]()
+	r := reflect.New(reflect.StructOf([]reflect.StructField{
+		{Name: "Zone", Type: str, Tag: `zonekey:"zone"`},
+		{Name: "S", Type: str, Tag: `zonekey:"encrypt"`},
+		{Name: "B", Type: str, Tag: reflect.StructTag(tag)},
+	}))
+	r.Elem().Field(0).SetString("eu")
+	r.Elem().Field(1).SetString(s)
+	return r
+}
+
+// storedTerm encrypts a bitsRecord of s and returns the term it stores.
+func storedTerm(t *testing.T, e *env, bits int, s string) string {
+	t.Helper()
+	r := bitsRecord(bits, s)
+	require.NoError(t, e.c.Encrypt(ctx, r.Interface()))
+	return r.Elem().Field(2).String()
+}
+
+func TestIndexTermFormat(t *testing.T) {
 	e := newEnv(t)
-	r := &bits{Zone: "eu", S: "x"}
-	require.NoError(t, e.c.Encrypt(ctx, r))
 	// One key (name=b) truncated to several lengths: the terms are
 	// prefixes of each other, with the unused low bits zero.
-	full, err := hex.DecodeString(strings.TrimPrefix(r.B128, "1:"))
+	full, err := hex.DecodeString(strings.TrimPrefix(storedTerm(t, e, 128, "x"), "1:"))
 	require.NoError(t, err)
 	require.Len(t, full, 16)
-	require.Equal(t, "1:"+hex.EncodeToString(full[:2]), r.B16)
-	require.Equal(t, "1:"+hex.EncodeToString([]byte{full[0], full[1] & 0xf0}), r.B12)
-	require.Equal(t, "1:"+hex.EncodeToString([]byte{full[0], full[1] & 0xf8}), r.B13)
-	require.Regexp(t, `^1:(00|80)$`, r.B1)
+	require.Equal(t, "1:"+hex.EncodeToString(full[:2]), storedTerm(t, e, 0, "x"), "the default, 16 bits")
+	require.Equal(t, "1:"+hex.EncodeToString([]byte{full[0], full[1] & 0xf0}), storedTerm(t, e, 12, "x"))
+	require.Equal(t, "1:"+hex.EncodeToString([]byte{full[0], full[1] & 0xf8}), storedTerm(t, e, 13, "x"))
+	require.Regexp(t, `^1:(00|80)$`, storedTerm(t, e, 1, "x"))
+}
+
+// TestIndexesSharingAKeyDiffer: one type cannot hold two indexes under one
+// key name with other bits or normalisers (their terms could be joined);
+// with the same options they may share it.
+func TestIndexesSharingAKeyDiffer(t *testing.T) {
+	type bitsDiffer struct {
+		Zone string `zonekey:"zone"`
+		E    string `zonekey:"encrypt"`
+		P    string `zonekey:"encrypt"`
+		EIdx string `zonekey:"index=E,bits=8,name=shared"`
+		PIdx string `zonekey:"index=P,bits=32,name=shared"`
+	}
+	type normDiffers struct {
+		Zone string `zonekey:"zone"`
+		E    string `zonekey:"encrypt"`
+		A    string `zonekey:"index=E,name=shared"`
+		B    string `zonekey:"index=E,lower,name=shared"`
+	}
+	type same struct {
+		Zone string `zonekey:"zone"`
+		E    string `zonekey:"encrypt"`
+		P    string `zonekey:"encrypt"`
+		EIdx string `zonekey:"index=E,bits=24,name=shared"`
+		PIdx string `zonekey:"index=P,bits=24,name=shared"`
+	}
+	e := newEnv(t)
+	for _, v := range []any{&bitsDiffer{Zone: "eu", E: "x"}, &normDiffers{Zone: "eu", E: "x"}} {
+		err := e.c.Encrypt(ctx, v)
+		var pe *fieldcrypt.PlanError
+		require.ErrorAs(t, err, &pe, "%T", v)
+		require.ErrorContains(t, err, `index key name "shared"`)
+	}
+	r := &same{Zone: "eu", E: "x", P: "x"}
+	require.NoError(t, e.c.Encrypt(ctx, r))
+	require.Equal(t, r.EIdx, r.PIdx, "one key, one value, one term: the sharing the tags ask for")
 }
 
 // TestAppendIndexTerms checks that AppendIndexTerms appends what IndexTerms
@@ -189,32 +244,21 @@ func TestAppendIndexTerms(t *testing.T) {
 // ones Encrypt stores, for terms of every length (short ones and long ones
 // are laid out differently) and for versions with one and two digits.
 func TestIndexTermsMatchStored(t *testing.T) {
-	type sizes struct {
-		Zone string `zonekey:"zone"`
-		S    string `zonekey:"encrypt"`
-		B1   string `zonekey:"index=S,bits=1,name=b"`
-		B48  string `zonekey:"index=S,bits=48,name=b"`
-		B49  string `zonekey:"index=S,bits=49,name=b"`
-		B56  string `zonekey:"index=S,bits=56,name=b"`
-		B64  string `zonekey:"index=S,bits=64,name=b"`
-		B128 string `zonekey:"index=S,bits=128,name=b"`
-	}
 	e := newEnv(t)
-	fields := []string{"B1", "B48", "B49", "B56", "B64", "B128"}
 	for v := 1; v <= 10; v++ {
 		if v > 1 {
 			_, err := e.keys.RotateAuxKey(ctx, "eu", keystore.AuxIndex, "b")
 			require.NoError(t, err)
 			require.NoError(t, e.keys.RetireAuxKeys(ctx, "eu", keystore.AuxIndex, "b", uint32(v-1)))
 		}
-		r := &sizes{Zone: "eu", S: "some value"}
-		require.NoError(t, e.c.Encrypt(ctx, r))
-		stored := map[string]string{"B1": r.B1, "B48": r.B48, "B49": r.B49, "B56": r.B56, "B64": r.B64, "B128": r.B128}
-		for _, f := range fields {
-			terms, err := e.c.IndexTerms(ctx, "eu", r, f, "some value")
+		for _, bits := range []int{1, 48, 49, 56, 64, 128} {
+			r := bitsRecord(bits, "some value")
+			require.NoError(t, e.c.Encrypt(ctx, r.Interface()))
+			stored := r.Elem().Field(2).String()
+			terms, err := e.c.IndexTerms(ctx, "eu", r.Interface(), "B", "some value")
 			require.NoError(t, err)
-			require.Equal(t, []string{stored[f]}, terms, "field %s, version %d", f, v)
-			require.True(t, strings.HasPrefix(stored[f], fmt.Sprintf("%d:", v)), "field %s: %q", f, stored[f])
+			require.Equal(t, []string{stored}, terms, "%d bits, version %d", bits, v)
+			require.True(t, strings.HasPrefix(stored, fmt.Sprintf("%d:", v)), "%d bits: %q", bits, stored)
 		}
 	}
 }
