@@ -186,8 +186,9 @@ type termBox[B smallTerm | [maxTerm]byte] struct {
 	buf   B
 }
 
-// smallTerm holds the terms of indexes of up to 48 bits under versions
-// below 100,000 (a 32-byte termBox).
+// smallTerm holds the terms of up to 16 bytes (a 32-byte termBox): those
+// of indexes of up to 48 bits under versions below 1,000, for instance;
+// termLen picks the box.
 type smallTerm [16]byte
 
 // oneTerm returns the term of v under key as the only element of a slice,

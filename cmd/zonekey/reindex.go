@@ -150,6 +150,8 @@ func (r *reindexRun) report(st keystore.AuxKeyStatus) int {
 	}
 	fmt.Fprintf(r.stdout, "%s: current version %d; live versions %v; retired through %d\n", what, st.Live[0], st.Live, st.RetiredThrough)
 	switch {
+	case r.operation == "start" && st.Live[0] == 1:
+		fmt.Fprintf(r.stdout, "Version 1 is the key's first: there is nothing to re-index or retire.\n")
 	case r.operation == "start":
 		fmt.Fprintf(r.stdout, "Re-index the application's records (zonekey.Client.Reindex) after the DEK TTL; then run: zonekey reindex --zone %s %s --retire-through %d\n",
 			r.zone, r.keyFlag(), st.Live[0]-1)

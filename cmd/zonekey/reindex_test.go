@@ -82,6 +82,14 @@ func TestReindexCommand(t *testing.T) {
 	got = status("--deterministic", "TaxID", "--start")
 	require.Equal(t, []any{2.0, 1.0}, got["live"])
 	require.Equal(t, "det", got["purpose"])
+
+	// Starting a key that had no version makes version 1: nothing to
+	// re-index, and no retire command to suggest.
+	code, stdout, stderr = cli("reindex", "--config", e.config, "--zone", "eu", "--index", "PhoneIdx", "--start")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "current version 1")
+	require.Contains(t, stdout, "nothing to re-index")
+	require.NotContains(t, stdout, "--retire-through")
 }
 
 func TestReindexUsage(t *testing.T) {
