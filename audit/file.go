@@ -368,7 +368,10 @@ func (s *FileSink) syncLoop() {
 }
 
 // Head returns the seq and hash of the last line written. Log or publish it
-// periodically to anchor the chain outside the file.
+// periodically to anchor the chain outside the file. The line may not be
+// synced yet (a Record in flight, or SyncEvery): publish a head after the
+// Record that wrote it returned, or a crash can leave the file shorter than
+// the anchor, which an auditor reads as truncation.
 func (s *FileSink) Head() Head {
 	s.mu.Lock()
 	defer s.mu.Unlock()
