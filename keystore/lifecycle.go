@@ -69,6 +69,10 @@ type ShredResult struct {
 	// (Number 0 if it never had one). The shred is final in backups of the
 	// store once an epoch that starts after it has finished.
 	LastEpoch EpochRow
+	// FinishedEpoch is the zone's latest finished key epoch (LastEpoch if
+	// it has finished, else the one before; Number 0 if none): the shred
+	// is final in backups if it started after the shred.
+	FinishedEpoch EpochRow
 }
 
 // lifecycle returns the store as a LifecycleStore, or an error naming what
@@ -127,6 +131,9 @@ func (k *Keyring) ShredSubject(ctx context.Context, zone, subject string) (Shred
 	if res.LastEpoch, err = latestEpoch(ctx, ls, zone); err != nil {
 		return res, err
 	}
+	if res.FinishedEpoch, err = finishedEpoch(ctx, ls, res.LastEpoch); err != nil {
+		return res, err
+	}
 	rows, err := ls.SubjectDEKs(ctx, zone, subject)
 	if err != nil {
 		return res, fmt.Errorf("zone %q: %w", zone, err)
@@ -175,6 +182,23 @@ func latestEpoch(ctx context.Context, ls LifecycleStore, zone string) (EpochRow,
 	}
 	if err != nil {
 		return EpochRow{}, fmt.Errorf("zone %q: reading key epochs: %w", zone, err)
+	}
+	return e, nil
+}
+
+// finishedEpoch returns the latest finished epoch of a zone whose latest
+// epoch is last: last itself once finished, else the one before (epochs of
+// a zone run one at a time), or a zero row if there is none.
+func finishedEpoch(ctx context.Context, ls LifecycleStore, last EpochRow) (EpochRow, error) {
+	switch {
+	case !last.Finished.IsZero():
+		return last, nil
+	case last.Number <= 1:
+		return EpochRow{Zone: last.Zone}, nil
+	}
+	e, err := ls.Epoch(ctx, last.Zone, last.Number-1)
+	if err != nil {
+		return EpochRow{}, fmt.Errorf("zone %q: reading key epoch %d: %w", last.Zone, last.Number-1, err)
 	}
 	return e, nil
 }

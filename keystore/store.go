@@ -314,6 +314,9 @@ type LifecycleStore interface {
 	// LatestEpoch returns the zone's epoch row of the highest Number, or
 	// ErrUnknownKey if it has none.
 	LatestEpoch(ctx context.Context, zone string) (EpochRow, error)
+	// Epoch returns the zone's epoch row of the given Number, or
+	// ErrUnknownKey if it has none.
+	Epoch(ctx context.Context, zone string, number uint32) (EpochRow, error)
 	// UpdateEpoch replaces the stored row of (prev.Zone, prev.Number) by
 	// next if it equals prev in every field; otherwise ErrConflict. A
 	// next of another zone or number is ErrInvalidValue; a missing row

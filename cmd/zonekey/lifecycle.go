@@ -389,13 +389,19 @@ type shredOutput struct {
 }
 
 // finality says when a shred at t is final in backups, given the zone's
-// latest epoch e: after "next epoch", or after "epoch N" (an epoch that
-// started after the shred), and whether that epoch has finished.
-func finality(t time.Time, e keystore.EpochRow) (after string, final bool) {
-	if e.Number == 0 || !e.Started.After(t) {
-		return "next epoch", false
+// latest epoch last and its latest finished one: after "next epoch", or
+// after "epoch N" (an epoch that started after the shred), whether that
+// epoch has finished, and the epoch it speaks of. A later epoch that has
+// not finished does not make a shred that an earlier one made final
+// pending again.
+func finality(t time.Time, last, finished keystore.EpochRow) (after string, final bool, by keystore.EpochRow) {
+	switch {
+	case finished.Number != 0 && finished.Started.After(t):
+		return fmt.Sprintf("epoch %d", finished.Number), true, finished
+	case last.Number != 0 && last.Started.After(t):
+		return fmt.Sprintf("epoch %d", last.Number), !last.Finished.IsZero(), last
 	}
-	return fmt.Sprintf("epoch %d", e.Number), !e.Finished.IsZero()
+	return "next epoch", false, last
 }
 
 func (r *lifecycleRun) shredSubject(configFlag, zone, subject string) int {
@@ -407,7 +413,8 @@ func (r *lifecycleRun) shredSubject(configFlag, zone, subject string) int {
 			return fail(err)
 		}
 		out.OK, out.DEKs, out.AlreadyShredded, out.ShreddedAt = true, keyIDs(res.DEKs), res.AlreadyShredded, res.Tombstone.Created
-		out.FinalAfter, out.FinalInBackups = finality(res.Tombstone.Created, res.LastEpoch)
+		var by keystore.EpochRow
+		out.FinalAfter, out.FinalInBackups, by = finality(res.Tombstone.Created, res.LastEpoch, res.FinishedEpoch)
 		out.LastEpoch, out.LastEpochFinished = res.LastEpoch.Number, res.LastEpoch.Finished
 		if r.asJSON {
 			return writeJSON(r.cmdContext, out, exitOK)
@@ -419,13 +426,13 @@ func (r *lifecycleRun) shredSubject(configFlag, zone, subject string) int {
 			fmt.Fprintf(r.stdout, "%s: shredded; %d DEKs deleted: %s\n", what, len(res.DEKs), strings.Join(out.DEKs, ", "))
 			fmt.Fprintf(r.stdout, "Its data is unreadable from now on: here at once, in running processes once the DEK leaves their cache (dek_ttl, %s).\n", dekTTL(cfg))
 		}
-		r.printFinality(zone, out.FinalAfter, out.FinalInBackups, res.LastEpoch)
+		r.printFinality(zone, out.FinalAfter, out.FinalInBackups, by)
 		return exitOK
 	})
 }
 
 // printFinality says when a shred of zone is final in backups of the
-// keystore.
+// keystore; last is the epoch finality returned.
 func (r *lifecycleRun) printFinality(zone, after string, final bool, last keystore.EpochRow) {
 	switch {
 	case final:
@@ -689,12 +696,12 @@ func (r *lifecycleRun) bulkRun(configFlag, path string, zones []string, out *bul
 func (r *lifecycleRun) shredSubjects(configFlag, zone, path string) int {
 	out := &bulkOutput{Operation: "shred-subjects", Zone: zone, SubjectsFrom: path}
 	b := &bulk{label: zoneOf(zone), unit: "subjects"}
-	var last keystore.EpochRow
+	var last, finished keystore.EpochRow
 	var latestShred time.Time
 	do := func(ctx context.Context, kr *keystore.Keyring, s string) (bool, int, error) {
 		res, err := kr.ShredSubject(ctx, zone, s)
 		if err == nil {
-			last = res.LastEpoch
+			last, finished = res.LastEpoch, res.FinishedEpoch
 			if res.Tombstone.Created.After(latestShred) {
 				latestShred = res.Tombstone.Created
 			}
@@ -710,8 +717,8 @@ func (r *lifecycleRun) shredSubjects(configFlag, zone, path string) int {
 		if b.changed > 0 {
 			fmt.Fprintf(r.stdout, "Their data is unreadable from now on: here at once, in running processes once the DEKs leave their cache (dek_ttl, %s).\n", dekTTL(cfg))
 		}
-		after, final := finality(latestShred, last)
-		r.printFinality(zone, after, final, last)
+		after, final, by := finality(latestShred, last, finished)
+		r.printFinality(zone, after, final, by)
 	})
 }
 

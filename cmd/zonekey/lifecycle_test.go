@@ -662,3 +662,40 @@ func (e *keyEnv) holdEpochClaim(t *testing.T, zone, owner string) {
 	next.Owner, next.Lease = owner, time.Now().UTC().Add(keystore.DefaultEpochLease).Truncate(time.Microsecond)
 	require.NoError(t, bs.UpdateEpoch(t.Context(), cur, next))
 }
+
+// TestShredFinalityAcrossUnfinishedEpoch: a shred that a finished epoch made
+// final in backups stays reported final while a later epoch runs or stopped
+// part-way, in JSON and in text.
+func TestShredFinalityAcrossUnfinishedEpoch(t *testing.T) {
+	e := newKeyEnv(t)
+	e.seal(t, "eu", "user", 60)
+	shred := func() map[string]any {
+		code, got := cliJSON(t, "shred", "--zone", "eu", "--subject", "user-0000", "--config", e.config)
+		require.Equal(t, 0, code, got)
+		return got
+	}
+	shred()
+	time.Sleep(4 * coarse.Granularity) // the epoch starts after the shred on the keyring's clock
+	code, got := cliJSON(t, "epoch", "--zone", "eu", "--no-settle", "--config", e.config)
+	require.Equal(t, 0, code, got)
+	got = shred()
+	require.Equal(t, true, got["final_in_backups"], got)
+	require.Equal(t, "epoch 1", got["final_after"])
+
+	// Epoch 2 starts and is interrupted.
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	old := baseContext
+	baseContext = func() context.Context { return ctx }
+	var out bytes.Buffer
+	code = run([]string{"epoch", "--zone", "eu", "--batch", "10", "--no-settle", "--config", e.config}, &out, &cancelAfter{s: " DEKs scanned", n: 1, cancel: cancel})
+	baseContext = old
+	require.Equal(t, 1, code, out.String())
+
+	got = shred()
+	require.Equal(t, true, got["final_in_backups"], "epoch 1 started after the shred and finished: %v", got)
+	require.Equal(t, "epoch 1", got["final_after"])
+	require.Equal(t, 2.0, got["last_epoch"], "the latest epoch is still reported")
+	_, stdout, _ := cli("shred", "--zone", "eu", "--subject", "user-0000", "--config", e.config)
+	require.Contains(t, stdout, "final in backups of the keystore too: epoch 1 of the zone started after it")
+}

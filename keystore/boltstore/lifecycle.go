@@ -523,6 +523,21 @@ func (s *Store) LatestEpoch(ctx context.Context, zone string) (keystore.EpochRow
 	return e, err
 }
 
+// Epoch implements keystore.LifecycleStore.
+func (s *Store) Epoch(ctx context.Context, zone string, number uint32) (keystore.EpochRow, error) {
+	var e keystore.EpochRow
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketEpochs).Get(epochKey(zone, number))
+		if v == nil {
+			return fmt.Errorf("%w: zone %q has no key epoch %d", keystore.ErrUnknownKey, zone, number)
+		}
+		var err error
+		e, err = decodeEpoch(v, zone, number)
+		return err
+	})
+	return e, err
+}
+
 // UpdateEpoch implements keystore.LifecycleStore.
 func (s *Store) UpdateEpoch(ctx context.Context, prev, next keystore.EpochRow) error {
 	if err := s.check(ctx); err != nil {

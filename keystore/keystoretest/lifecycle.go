@@ -798,6 +798,20 @@ func testEpochs(t *testing.T, h Harness) {
 	other := keystore.EpochRow{Zone: "eu2", Number: 1, Owner: "o2", Started: created()}
 	require.NoError(t, ls.CreateEpoch(ctx, other))
 
+	// Epoch reads one by number.
+	for _, want := range []keystore.EpochRow{e1, full, other} {
+		got, err := ls.Epoch(ctx, want.Zone, want.Number)
+		require.NoError(t, err, "Epoch(%q, %d)", want.Zone, want.Number)
+		requireEpoch(t, want, got, "Epoch by number")
+	}
+	for _, missing := range []struct {
+		zone string
+		n    uint32
+	}{{"eu", 3}, {"eu", 0}, {"eu2", 2}, {"e", 1}, {"eu\x00", 1}} {
+		_, err := ls.Epoch(ctx, missing.zone, missing.n)
+		require.ErrorIs(t, err, keystore.ErrUnknownKey, "Epoch(%q, %d)", missing.zone, missing.n)
+	}
+
 	// Times keep microseconds; nanoseconds within one compare equal.
 	ns := keystore.EpochRow{Zone: "ns", Number: 1, Owner: "o", Lease: baseTime.Add(789 * time.Nanosecond), Started: time.Date(2025, 1, 2, 3, 4, 5, 999999999, time.UTC)}
 	require.NoError(t, ls.CreateEpoch(ctx, ns))

@@ -540,6 +540,20 @@ func (s *Store) LatestEpoch(ctx context.Context, zone string) (keystore.EpochRow
 	return e, err
 }
 
+// Epoch implements keystore.LifecycleStore.
+func (s *Store) Epoch(ctx context.Context, zone string, number uint32) (keystore.EpochRow, error) {
+	var e keystore.EpochRow
+	err := s.do(ctx, fmt.Sprintf("reading epoch %d of zone %q", number, zone), func(ctx context.Context, q querier, _ bool) error {
+		var err error
+		e, err = scanEpoch(q.QueryRow(ctx, s.sqlEpoch, bs(zone), int64(number)))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: zone %q has no key epoch %d", keystore.ErrUnknownKey, zone, number)
+		}
+		return err
+	})
+	return e, err
+}
+
 // UpdateEpoch implements keystore.LifecycleStore with one UPDATE whose
 // WHERE holds every field of prev.
 func (s *Store) UpdateEpoch(ctx context.Context, prev, next keystore.EpochRow) error {
