@@ -523,6 +523,9 @@ func (k *Keyring) RotateAuxKey(ctx context.Context, zone string, purpose AuxPurp
 	if err != nil {
 		return nil, err
 	}
+	if len(l.keys) >= maxLiveAux {
+		return nil, fmt.Errorf("%w: %s has %d live versions, the most it may have: retire the old ones (after a re-index) before making another", ErrInvalidValue, n, len(l.keys))
+	}
 	next := l.floor + 1
 	if len(l.keys) > 0 {
 		next = l.keys[0].Version + 1
@@ -629,9 +632,6 @@ func (k *Keyring) refreshAux(ctx context.Context, zs *zoneState, cust kms.Custod
 	}
 	var keys []*AuxKey // oldest first
 	for v := l.floor + 1; v != 0; v++ {
-		if len(keys) == maxLiveAux {
-			return nil, fmt.Errorf("%w: %s has more than %d live versions; retire the old ones", ErrInvalidValue, n, maxLiveAux)
-		}
 		a := cached[v]
 		if a == nil {
 			a, err = k.loadAuxVersion(ctx, zs, cust, n, v)
@@ -641,6 +641,9 @@ func (k *Keyring) refreshAux(ctx context.Context, zs *zoneState, cust kms.Custod
 			if err != nil {
 				return nil, err
 			}
+		}
+		if len(keys) == maxLiveAux {
+			return nil, fmt.Errorf("%w: %s has more than %d live versions; retire the old ones", ErrInvalidValue, n, maxLiveAux)
 		}
 		keys = append(keys, a)
 	}

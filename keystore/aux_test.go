@@ -606,3 +606,28 @@ func TestAuxKeyDerivation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, want, got)
 }
+
+// TestAuxKeyLiveVersionLimit: a key may have 64 live versions, and works
+// with all of them; a rotation past that is refused, clearly, and retiring
+// the old versions (which must still work at the limit) allows the next.
+func TestAuxKeyLiveVersionLimit(t *testing.T) {
+	e := newEnv(t, false)
+	k := e.keyring(t)
+	ctx := t.Context()
+	const name = "EmailIdx"
+	auxKeys(t, k, "eu", keystore.AuxIndex, name) // version 1
+	for v := 2; v <= 64; v++ {
+		a, err := k.RotateAuxKey(ctx, "eu", keystore.AuxIndex, name)
+		require.NoError(t, err, "version %d", v)
+		require.Equal(t, uint32(v), a.Version)
+	}
+	require.Len(t, auxKeys(t, k, "eu", keystore.AuxIndex, name), 64, "64 live versions are usable")
+	_, err := k.RotateAuxKey(ctx, "eu", keystore.AuxIndex, name)
+	require.ErrorIs(t, err, keystore.ErrInvalidValue)
+	require.ErrorContains(t, err, "retire the old ones")
+	require.NoError(t, k.RetireAuxKeys(ctx, "eu", keystore.AuxIndex, name, 63), "retiring works at the limit")
+	require.Equal(t, []uint32{64}, versions(auxKeys(t, k, "eu", keystore.AuxIndex, name)))
+	a, err := k.RotateAuxKey(ctx, "eu", keystore.AuxIndex, name)
+	require.NoError(t, err)
+	require.Equal(t, uint32(65), a.Version)
+}
