@@ -246,6 +246,17 @@ type auxCache struct {
 	// live holds for its name, and cleared or replaced there when that
 	// set is dropped or replaced, so it never holds a set live has let go.
 	hot [auxSlots]atomic.Pointer[auxLive]
+	// forgets counts dropLive and purge calls: what was read from the
+	// store before one is not cached after it (see mark).
+	forgets uint64
+}
+
+// mark returns a mark to take before reading keys from the store and to
+// pass to add or setLive with what was made of them.
+func (c *auxCache) mark() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.forgets
 }
 
 // auxSlots is the number of slots of auxCache.hot: keys are few (one per
@@ -270,9 +281,12 @@ func (c *auxCache) get(id envelope.KeyID, now time.Time) *AuxKey {
 }
 
 // add caches a, keeping at most max keys by id.
-func (c *auxCache) add(a *AuxKey, max int, now time.Time) {
+func (c *auxCache) add(a *AuxKey, max int, now time.Time, since uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.forgets != since {
+		return // a rotation, retirement or zone shred came in between
+	}
 	if c.byID == nil {
 		c.byID = map[envelope.KeyID]*AuxKey{}
 	}
@@ -305,9 +319,12 @@ func (c *auxCache) liveSet(n auxName) *auxLive {
 }
 
 // setLive caches l, the live set of l.name.
-func (c *auxCache) setLive(l *auxLive) {
+func (c *auxCache) setLive(l *auxLive, since uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.forgets != since {
+		return // a rotation, retirement or zone shred came in between
+	}
 	if c.live == nil {
 		c.live = map[auxName]*auxLive{}
 	}
@@ -318,6 +335,7 @@ func (c *auxCache) setLive(l *auxLive) {
 func (c *auxCache) dropLive(n auxName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgets++
 	if l := c.live[n]; l != nil {
 		c.slot(n).CompareAndSwap(l, nil)
 		delete(c.live, n)
@@ -327,6 +345,7 @@ func (c *auxCache) dropLive(n auxName) {
 func (c *auxCache) purge() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgets++
 	clear(c.byID)
 	clear(c.live)
 	for i := range c.hot {
@@ -459,6 +478,7 @@ func (k *Keyring) AuxKeyByID(ctx context.Context, id envelope.KeyID) (*AuxKey, e
 		}
 		return a, nil
 	}
+	mark := k.aux.mark()
 	row, err := k.store.DEK(ctx, id)
 	if err != nil {
 		return nil, err
@@ -478,7 +498,7 @@ func (k *Keyring) AuxKeyByID(ctx context.Context, id envelope.KeyID) (*AuxKey, e
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", row.ID, err)
 	}
-	return k.openAuxRow(kms.WithCaller(ctx, caller), zs, cust, row, purpose, name, version)
+	return k.openAuxRow(kms.WithCaller(ctx, caller), zs, cust, row, purpose, name, version, mark)
 }
 
 // AuxKeyStatus describes the versions of an auxiliary key.
@@ -598,6 +618,7 @@ func (k *Keyring) RetireAuxKeys(ctx context.Context, zone string, purpose AuxPur
 // no version gets version 1; without, the set may be empty.
 func (k *Keyring) refreshAux(ctx context.Context, zs *zoneState, cust kms.Custodian, n auxName, create bool) (*auxLive, error) {
 	now := k.now()
+	mark := k.aux.mark()
 	old := k.aux.liveSet(n)
 	l := newAuxLive(n, now.Add(k.cfg.DEKTTL))
 
@@ -663,7 +684,7 @@ func (k *Keyring) refreshAux(ctx context.Context, zs *zoneState, cust kms.Custod
 	slices.Reverse(keys)
 	l.keys = keys
 	if len(keys) > 0 {
-		k.aux.setLive(l)
+		k.aux.setLive(l, mark)
 	}
 	return l, nil
 }
@@ -672,6 +693,7 @@ func (k *Keyring) refreshAux(ctx context.Context, zs *zoneState, cust kms.Custod
 // not stored.
 func (k *Keyring) loadAuxVersion(ctx context.Context, zs *zoneState, cust kms.Custodian, n auxName, v uint32) (*AuxKey, error) {
 	subj := AuxSubject(n.purpose, n.name, v)
+	mark := k.aux.mark()
 	row, err := k.store.LatestDEK(ctx, n.zone, subj)
 	if err != nil {
 		return nil, err
@@ -679,10 +701,12 @@ func (k *Keyring) loadAuxVersion(ctx context.Context, zs *zoneState, cust kms.Cu
 	if row.Zone != n.zone || row.Subject != subj || row.Generation != v {
 		return nil, fmt.Errorf("%w: store returned key %s of another zone, subject or generation as version %d of %s", ErrTampered, row.ID, v, n)
 	}
-	return k.openAuxRow(ctx, zs, cust, row, n.purpose, n.name, v)
+	return k.openAuxRow(ctx, zs, cust, row, n.purpose, n.name, v, mark)
 }
 
-func (k *Keyring) openAuxRow(ctx context.Context, zs *zoneState, cust kms.Custodian, row DEKRow, purpose AuxPurpose, name string, v uint32) (*AuxKey, error) {
+// openAuxRow unwraps row, read from the store after k.aux.mark returned
+// mark, and caches the key.
+func (k *Keyring) openAuxRow(ctx context.Context, zs *zoneState, cust kms.Custodian, row DEKRow, purpose AuxPurpose, name string, v uint32, mark uint64) (*AuxKey, error) {
 	secret, err := k.unwrapKeyRow(ctx, zs, cust, row)
 	if err != nil {
 		return nil, err
@@ -692,13 +716,14 @@ func (k *Keyring) openAuxRow(ctx context.Context, zs *zoneState, cust kms.Custod
 	if err != nil {
 		return nil, err
 	}
-	k.aux.add(a, k.cfg.DEKCacheSize, k.now())
+	k.aux.add(a, k.cfg.DEKCacheSize, k.now(), mark)
 	return a, nil
 }
 
 // createAuxVersion creates and stores version v of n; ErrExists if another
 // process stored it first.
 func (k *Keyring) createAuxVersion(ctx context.Context, zs *zoneState, cust kms.Custodian, n auxName, v uint32) (*AuxKey, error) {
+	mark := k.aux.mark()
 	row, secret, err := k.createKeyRow(ctx, zs, cust, n.zone, AuxSubject(n.purpose, n.name, v), v)
 	if err != nil {
 		return nil, err
@@ -708,6 +733,6 @@ func (k *Keyring) createAuxVersion(ctx context.Context, zs *zoneState, cust kms.
 	if err != nil {
 		return nil, err
 	}
-	k.aux.add(a, k.cfg.DEKCacheSize, k.now())
+	k.aux.add(a, k.cfg.DEKCacheSize, k.now(), mark)
 	return a, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/zonekey/zonekey/audit"
 	"github.com/zonekey/zonekey/envelope"
 	"github.com/zonekey/zonekey/keystore"
+	"github.com/zonekey/zonekey/keystore/boltstore"
 	"github.com/zonekey/zonekey/kms"
 )
 
@@ -630,4 +631,101 @@ func TestAuxKeyLiveVersionLimit(t *testing.T) {
 	a, err := k.RotateAuxKey(ctx, "eu", keystore.AuxIndex, name)
 	require.NoError(t, err)
 	require.Equal(t, uint32(65), a.Version)
+}
+
+// pauseAfterLatestDEK holds, once armed, the first LatestDEK of subject
+// after the store answered it, until release is closed.
+type pauseAfterLatestDEK struct {
+	*boltstore.Store
+	mu               sync.Mutex
+	subject          string
+	reached, release chan struct{}
+}
+
+func (s *pauseAfterLatestDEK) arm(subject string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.subject, s.reached, s.release = subject, make(chan struct{}), make(chan struct{})
+}
+
+func (s *pauseAfterLatestDEK) LatestDEK(ctx context.Context, zone, subject string) (keystore.DEKRow, error) {
+	row, err := s.Store.LatestDEK(ctx, zone, subject)
+	s.mu.Lock()
+	hit := s.subject != "" && subject == s.subject
+	reached, release := s.reached, s.release
+	if hit {
+		s.subject = ""
+	}
+	s.mu.Unlock()
+	if hit {
+		close(reached)
+		<-release
+	}
+	return row, err
+}
+
+// TestAuxKeyLookupDuringChange: a lookup that read the store before a
+// rotation, a retirement or a zone shred of the same process, and caches
+// after it, does not bring back what the change dropped: the process sees
+// the change at once once the call making it returns.
+func TestAuxKeyLookupDuringChange(t *testing.T) {
+	const name = "EmailIdx"
+	for _, tc := range []struct {
+		what   string
+		pause  string // the store read the lookup is held after
+		change func(t *testing.T, k *keystore.Keyring)
+		check  func(t *testing.T, k *keystore.Keyring)
+	}{
+		{"retirement", keystore.ReservedPrefix + "retired\x00index\x00" + name,
+			func(t *testing.T, k *keystore.Keyring) {
+				require.NoError(t, k.RetireAuxKeys(t.Context(), "eu", keystore.AuxIndex, name, 1))
+			},
+			func(t *testing.T, k *keystore.Keyring) {
+				keys, err := k.SharedAuxKeys(t.Context(), "eu", keystore.AuxIndex, name)
+				require.NoError(t, err)
+				require.Equal(t, []uint32{2}, versions(keys), "the retired version is not searched")
+			}},
+		{"rotation", keystore.AuxSubject(keystore.AuxIndex, name, 3),
+			func(t *testing.T, k *keystore.Keyring) {
+				a, err := k.RotateAuxKey(t.Context(), "eu", keystore.AuxIndex, name)
+				require.NoError(t, err)
+				require.Equal(t, uint32(3), a.Version)
+			},
+			func(t *testing.T, k *keystore.Keyring) {
+				a, err := k.CurrentAuxKey(t.Context(), "eu", keystore.AuxIndex, name)
+				require.NoError(t, err)
+				require.Equal(t, uint32(3), a.Version, "the new version is current")
+			}},
+		{"zone shred", keystore.AuxSubject(keystore.AuxIndex, name, 3),
+			func(t *testing.T, k *keystore.Keyring) {
+				_, err := k.ShredZone(t.Context(), "eu", "eu")
+				require.NoError(t, err)
+			},
+			func(t *testing.T, k *keystore.Keyring) {
+				_, err := k.SharedAuxKeys(t.Context(), "eu", keystore.AuxIndex, name)
+				require.Error(t, err, "no index key of a shredded zone")
+			}},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			e := newRotEnv(t)
+			ps := &pauseAfterLatestDEK{Store: e.store}
+			k := e.keyring(t, func(c *keystore.Config) { c.Store = ps })
+			auxKeys(t, k, "eu", keystore.AuxIndex, name)
+			_, err := k.RotateAuxKey(t.Context(), "eu", keystore.AuxIndex, name)
+			require.NoError(t, err)
+			e.clock.Advance(keystore.DefaultDEKTTL + time.Second) // the live set is read again
+
+			ps.arm(tc.pause)
+			done := make(chan error, 1)
+			go func() {
+				_, err := k.SharedAuxKeys(context.Background(), "eu", keystore.AuxIndex, name)
+				done <- err
+			}()
+			<-ps.reached
+			tc.change(t, k)
+			close(ps.release)
+			require.NoError(t, <-done, "the lookup that started before the change")
+			tc.check(t, k)
+		})
+	}
 }
