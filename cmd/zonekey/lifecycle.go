@@ -582,12 +582,21 @@ func readSubjects(path string) ([]string, error) {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 0, 4096), 64*1024)
 	var out []string
+	line := 0
 	for sc.Scan() {
-		s := strings.TrimSpace(sc.Text())
+		line++
+		s := sc.Text()
+		if line == 1 {
+			s = strings.TrimPrefix(s, "\ufeff") // a UTF-8 byte-order mark
+		}
+		s = strings.TrimSpace(s)
 		if s == "" || strings.HasPrefix(s, "#") {
 			continue
 		}
 		out = append(out, s)
+	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return nil, fmt.Errorf("%w: %s: line %d is longer than 64 KiB (a subject is at most %d bytes)", zonekey.ErrInvalidValue, path, line+1, keystore.MaxSubject)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading subjects from %s: %w", path, err)
@@ -807,7 +816,8 @@ func (r *lifecycleRun) epoch(configFlag, zone string, batch int, settle time.Dur
 			fmt.Fprintf(r.stdout, "zone %q: epoch %d finished (%s at %s): KEK v%d, zone key v%d; %d DEKs scanned, %d rewrapped; %d older zone keys deleted; older KEK versions destroyed\n",
 				zone, res.Number, how, stamp(res.Started), res.KEKVersion, res.ZoneKeyVersion, res.Scanned, res.Rewrapped, res.ZoneKeysDeleted)
 			fmt.Fprintf(r.stdout, "Subjects shredded before %s are now shredded in every keystore backup too.\n", stamp(res.Started))
-			fmt.Fprintf(r.stdout, "Keystore backups taken before %s can no longer be opened; take a new backup now.\n", stamp(res.Finished))
+			fmt.Fprintf(r.stdout, "Keystore backups taken before %s can no longer be opened; those taken while the epoch ran (until %s) may still open, like current ones: take a new backup now, and discard those.\n",
+				stamp(res.Started), stamp(res.Finished))
 			return exitOK
 		})
 }

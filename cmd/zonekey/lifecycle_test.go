@@ -414,7 +414,7 @@ func TestEpochCommand(t *testing.T) {
 	require.Len(t, lines, 3)
 	require.Regexp(t, `^zone "eu": epoch 1 finished \(started at \S+\): KEK v2, zone key v3; 6 DEKs scanned, 6 rewrapped; 2 older zone keys deleted; older KEK versions destroyed$`, lines[0])
 	require.Regexp(t, `^Subjects shredded before \S+ are now shredded in every keystore backup too\.$`, lines[1])
-	require.Regexp(t, `^Keystore backups taken before \S+ can no longer be opened; take a new backup now\.$`, lines[2])
+	require.Regexp(t, `^Keystore backups taken before \S+ can no longer be opened; those taken while the epoch ran \(until \S+\) may still open, like current ones: take a new backup now, and discard those\.$`, lines[2])
 	keys := e.keys(t, "eu")
 	require.Equal(t, []any{3.0}, column(keys, "version"), "older zone keys deleted")
 	require.Equal(t, []any{2.0}, column(keys, "kek_version"))
@@ -698,4 +698,23 @@ func TestShredFinalityAcrossUnfinishedEpoch(t *testing.T) {
 	require.Equal(t, 2.0, got["last_epoch"], "the latest epoch is still reported")
 	_, stdout, _ := cli("shred", "--zone", "eu", "--subject", "user-0000", "--config", e.config)
 	require.Contains(t, stdout, "final in backups of the keystore too: epoch 1 of the zone started after it")
+}
+
+// TestSubjectsFileEdges: a subjects file may start with a UTF-8 byte-order
+// mark; a line too long for any subject refuses the whole run, naming the
+// line, as invalid input, before anything is done.
+func TestSubjectsFileEdges(t *testing.T) {
+	e := newKeyEnv(t)
+	msgs := e.seal(t, "eu", "user", 2)
+	long := e.writeSubjects(t, "long.txt", "user-0000", strings.Repeat("x", 70_000), "user-0001")
+	code, got := cliJSON(t, "shred", "--zone", "eu", "--subjects-from", long, "--config", e.config)
+	require.Equal(t, 1, code, got)
+	require.Equal(t, "invalid_value", got["error_kind"], got)
+	require.Contains(t, got["error"], "line 2")
+	e.requireOpens(t, msgs)
+
+	bom := e.writeSubjects(t, "bom.txt", "\ufeffuser-0000", "user-0001")
+	code, got = cliJSON(t, "shred", "--zone", "eu", "--subjects-from", bom, "--config", e.config)
+	require.Equal(t, 0, code, got)
+	require.Equal(t, 2.0, got["shredded"], got)
 }
