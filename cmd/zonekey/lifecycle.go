@@ -679,7 +679,8 @@ func (r *lifecycleRun) bulkRun(configFlag, path string, zones []string, out *bul
 			}
 			err := r.each(ctx, b, func(s string) (bool, int, error) { return do(ctx, cl.Keyring(), s) })
 			if err != nil {
-				return fail(err, fmt.Sprintf("%s: stopped after %d of %d subjects: %v", b.label, len(b.subjects)-b.remaining, len(b.subjects), err),
+				return fail(err, fmt.Sprintf("%s: stopped after %d of %d subjects (%d changed, %d already done, %d failed): %v",
+					b.label, len(b.subjects)-b.remaining, len(b.subjects), b.changed, b.already, len(b.failures), err),
 					"run the same command again to continue; subjects already done are counted as such")
 			}
 			set()

@@ -638,7 +638,7 @@ func TestShredSubjectsInterrupted(t *testing.T) {
 	require.Equal(t, 1.0, got["shredded"])
 	require.Equal(t, 2.0, got["remaining"])
 	require.Equal(t, 0.0, got["failed"])
-	require.Contains(t, got["error"], `zone "eu": stopped after 1 of 3 subjects`)
+	require.Contains(t, got["error"], `zone "eu": stopped after 1 of 3 subjects (1 changed, 0 already done, 0 failed)`)
 	require.Contains(t, got["error"], "run the same command again to continue")
 	e.requireRefused(t, msgs[:1], zonekey.ErrKeyShredded)
 	e.requireOpens(t, msgs[1:])
