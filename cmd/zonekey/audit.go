@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/zonekey/zonekey/audit"
@@ -49,6 +50,9 @@ type verifyResult struct {
 	LastHash string `json:"last_hash,omitempty"`
 	Line     int    `json:"line,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	// ErrorKind classifies a failure: "broken_chain", "not_found" or
+	// "unreadable".
+	ErrorKind string `json:"error_kind,omitempty"`
 	// Set by audit repair only.
 	// Removed is the torn line repair removed, as text (bytes that are
 	// not UTF-8 show as U+FFFD); RemovedBase64 has its exact bytes.
@@ -70,7 +74,10 @@ func verifyFile(path string) verifyResult {
 	res := verifyResult{File: path}
 	f, err := os.Open(path)
 	if err != nil {
-		res.Reason = err.Error()
+		res.Reason, res.ErrorKind = err.Error(), "unreadable"
+		if errors.Is(err, fs.ErrNotExist) {
+			res.ErrorKind = "not_found"
+		}
 		return res
 	}
 	defer f.Close()
@@ -81,9 +88,9 @@ func verifyFile(path string) verifyResult {
 	case err == nil:
 		res.OK = true
 	case errors.As(err, &ce):
-		res.Line, res.Reason = ce.Line, ce.Reason
+		res.Line, res.Reason, res.ErrorKind = ce.Line, ce.Reason, "broken_chain"
 	default:
-		res.Reason = fmt.Sprintf("%s: %v", path, err)
+		res.Reason, res.ErrorKind = fmt.Sprintf("%s: %v", path, err), "unreadable"
 	}
 	return res
 }
@@ -148,7 +155,14 @@ func auditRepair(c *cmdContext, file string, asJSON bool) int {
 	removed, err := audit.Repair(file)
 	if err != nil {
 		if asJSON {
-			return printJSON(c, verifyResult{File: file, Reason: err.Error()})
+			kind := "unreadable"
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				kind = "not_found"
+			case errors.Is(err, audit.ErrBrokenChain):
+				kind = "broken_chain"
+			}
+			return printJSON(c, verifyResult{File: file, Reason: err.Error(), ErrorKind: kind})
 		}
 		fmt.Fprintf(c.stderr, "zonekey %s: %v\n", c.cmd.name, err)
 		return exitFail

@@ -178,9 +178,14 @@ func TestShredZoneCommand(t *testing.T) {
 	} {
 		code, stdout, stderr := cli(append([]string{"shred", "--zone", "eu", "--config", e.config, "--json"}, args...)...)
 		require.Equal(t, 2, code, "%v: %s", args, stderr)
-		require.Empty(t, stdout)
 		require.Contains(t, stderr, "--confirm eu")
 		require.Contains(t, stderr, "unreadable for good")
+		// Under --json, the usage error is in the JSON too.
+		var got map[string]any
+		require.NoError(t, json.Unmarshal([]byte(stdout), &got), stdout)
+		require.Equal(t, false, got["ok"])
+		require.Equal(t, "usage", got["error_kind"])
+		require.Contains(t, got["error"], "--confirm eu")
 	}
 	e.requireOpens(t, append(msgs, others...))
 

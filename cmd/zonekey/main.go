@@ -226,10 +226,20 @@ func (c *cmdContext) parse(args []string) (pos []string, code int, ok bool) {
 	}
 }
 
-// usageError reports bad arguments and returns the usage exit status.
+// usageError reports bad arguments and returns the usage exit status. Under
+// --json it also writes {"ok":false,"error":...,"error_kind":"usage"} to
+// stdout, so that a pipeline reading the JSON sees why.
 func (c *cmdContext) usageError(format string, a ...any) int {
-	fmt.Fprintf(c.stderr, "zonekey %s: %s\n", c.cmd.name, fmt.Sprintf(format, a...))
+	msg := fmt.Sprintf(format, a...)
+	fmt.Fprintf(c.stderr, "zonekey %s: %s\n", c.cmd.name, msg)
 	c.shortUsage(c.stderr)
+	if f := c.fs.Lookup("json"); f != nil && f.Value.String() == "true" {
+		return writeJSON(c, struct {
+			OK        bool   `json:"ok"`
+			Error     string `json:"error"`
+			ErrorKind string `json:"error_kind"`
+		}{Error: msg, ErrorKind: "usage"}, exitUsage)
+	}
 	return exitUsage
 }
 

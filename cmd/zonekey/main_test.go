@@ -113,10 +113,10 @@ func TestAuditVerifyJSON(t *testing.T) {
 			"ok": true, "file": valid, "events": 3.0, "last_hash": head.Hash}},
 		{"deleted line", []string{"audit", "verify", "--json", deleted}, 1, map[string]any{
 			"ok": false, "file": deleted, "events": 1.0, "last_hash": headBefore.Hash, "line": 2.0,
-			"reason": "seq gap: want seq 2, found 3 (a line was deleted, inserted, duplicated or reordered)"}},
+			"reason": "seq gap: want seq 2, found 3 (a line was deleted, inserted, duplicated or reordered)", "error_kind": "broken_chain"}},
 		{"missing", []string{"audit", "verify", "--json", filepath.Join(dir, "nope")}, 1, map[string]any{
 			"ok": false, "file": filepath.Join(dir, "nope"), "events": 0.0,
-			"reason": "open " + filepath.Join(dir, "nope") + ": no such file or directory"}},
+			"reason": "open " + filepath.Join(dir, "nope") + ": no such file or directory", "error_kind": "not_found"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
