@@ -17,7 +17,7 @@
 //
 //	c, err := zonekey.Open(ctx, zonekey.Config{
 //		Dir:   "/var/lib/myapp/zonekey",
-//		Zones: map[string]zonekey.ZoneConfig{"eu": {KEK: "local:///var/lib/myapp/zonekey/eu.kek"}},
+//		Zones: zonekey.LocalZones("/var/lib/myapp/zonekey", "eu"), // development KEKs
 //	})
 //	err = c.Encrypt(ctx, &u) // Phone and Notes now hold "zk1." envelopes
 //	err = c.Decrypt(ctx, &u)

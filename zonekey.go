@@ -60,8 +60,8 @@ var (
 	ErrUnknownZone = errs.UnknownZone
 	// ErrInvalidValue: the argument is not a non-nil pointer to a struct,
 	// the record lacks its zone or subject, or its value cannot be bound
-	// (cyclic, or aliased between fields); from Open, the Config is
-	// incomplete. Fix the call; retrying cannot help.
+	// (cyclic, or aliased between fields). Fix the call; retrying cannot
+	// help.
 	ErrInvalidValue = errs.InvalidValue
 	// ErrNotEncrypted: Decrypt met a plaintext value in a tagged field (see
 	// AllowPlaintext).
@@ -169,9 +169,11 @@ type Client struct {
 // configuration is checked, as far as it can be without opening anything
 // (zones, regions, the store's settings, each KEK URL's scheme, the audit
 // file's directory), before anything is opened or created; errors wrap
-// ErrUnknownZone (no zones, or an invalid zone name), ErrInvalidValue (no
-// Dir and no Store), ErrKMSConfig (a KEK URL that names no registered
-// driver, or a missing or unusable KEK file) or ErrStore.
+// ErrUnknownZone (no zones, or an invalid zone name), ErrInvalidConfig (no
+// Dir, Store or StoreURL, or more than one; a zone without Regions; negative
+// TTLs or cache size), ErrAudit (the AuditFile's directory does not exist),
+// ErrKMSConfig (a KEK URL that names no registered driver, or a missing or
+// unusable KEK file) or ErrStore.
 func Open(ctx context.Context, cfg Config) (_ *Client, err error) {
 	if len(cfg.Zones) == 0 {
 		return nil, fmt.Errorf("%w: Config.Zones is empty", ErrUnknownZone)

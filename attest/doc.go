@@ -64,7 +64,8 @@
 // loaded again, and a cached token, or an Attestor's evidence, whose key
 // was last found in a set that old has its key looked up again. A JWKS
 // that holds no usable key withdraws all of its issuer's keys. While the
-// JWKS cannot be loaded, the keys already loaded keep verifying.
+// JWKS cannot be loaded, the keys already loaded keep verifying, up to
+// [IssuerConfig.MaxStale] if set.
 // Clock skew is tolerated for nbf and iat (up to [IssuerConfig.MaxSkew]); exp
 // is enforced without leeway, so skew never lengthens a token's life.
 //

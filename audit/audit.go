@@ -20,8 +20,8 @@
 // # Failing closed
 //
 // An error from [Sink.Record] means the event could not be made durable.
-// A caller that must fail closed (the keystore has a setting for it) refuses
-// the access when Record fails, so no key is handed out without its record.
+// A caller that must fail closed refuses the access when Record fails, so
+// no key is handed out without its record; the keystore always does.
 //
 // # The file format (v1)
 //

@@ -49,8 +49,9 @@
 // rotation (and for a retirement of KEK versions), and an [audit.Rewrap]
 // event for each row it rewraps (zone key: its version and the new KEK
 // version; DEK: its id, subject and the new zone-key version), before the
-// row is replaced, so that no row changes unrecorded. With an audit file
-// every event is synced to disk, which paces the rewrap of a large zone.
+// row is replaced, so that no row changes unrecorded. With an audit file the
+// events of a page of rewraps are made durable with one sync
+// (audit.BatchSink) before the page is written.
 package keystore
 
 import (
