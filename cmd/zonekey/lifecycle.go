@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/zonekey/zonekey"
 	"github.com/zonekey/zonekey/envelope"
@@ -528,9 +530,13 @@ func (r *lifecycleRun) printMoveNotes(from, to string, cfg zonekey.Config) {
 
 // subjectFailure is a subject that a bulk shred or move could not handle.
 type subjectFailure struct {
-	Subject   string `json:"subject"`
-	Error     string `json:"error"`
-	ErrorKind string `json:"error_kind"`
+	Subject string `json:"subject"`
+	// SubjectBase64 holds the subject's exact bytes when they are not
+	// valid UTF-8, which JSON shows as U+FFFD (two such subjects could
+	// otherwise look alike).
+	SubjectBase64 string `json:"subject_base64,omitempty"`
+	Error         string `json:"error"`
+	ErrorKind     string `json:"error_kind"`
 }
 
 // bulkOutput is the --json output of shred and migrate with
@@ -626,7 +632,11 @@ func (r *lifecycleRun) each(ctx context.Context, b *bulk, do func(subject string
 			return ctx.Err()
 		case err != nil:
 			msg := about(err, subjectOf(s))
-			b.failures = append(b.failures, subjectFailure{Subject: s, Error: msg, ErrorKind: errorKind(err)})
+			f := subjectFailure{Subject: s, Error: msg, ErrorKind: errorKind(err)}
+			if !utf8.ValidString(s) {
+				f.SubjectBase64 = base64.StdEncoding.EncodeToString([]byte(s))
+			}
+			b.failures = append(b.failures, f)
 			if !r.asJSON {
 				bar.finish()
 				fmt.Fprintf(r.stderr, "zonekey %s: %s: %s\n", r.cmd.name, b.label, msg)

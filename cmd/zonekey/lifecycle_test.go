@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -722,4 +723,23 @@ func TestSubjectsFileEdges(t *testing.T) {
 	code, got = cliJSON(t, "shred", "--zone", "eu", "--subjects-from", bom, "--config", e.config)
 	require.Equal(t, 0, code, got)
 	require.Equal(t, 2.0, got["shredded"], got)
+}
+
+// TestSubjectsNotUTF8: two subjects that differ only in bytes that are not
+// UTF-8 are told apart in the JSON failures by their exact bytes.
+func TestSubjectsNotUTF8(t *testing.T) {
+	e := newKeyEnv(t)
+	e.seal(t, "eu", "user", 1)
+	list := e.writeSubjects(t, "s.txt", "user-0000", "bad\xffone", "bad\xfeone")
+	code, got := cliJSON(t, "shred", "--zone", "eu", "--subjects-from", list, "--config", e.config)
+	require.Equal(t, 1, code, got)
+	f := got["failures"].([]any)
+	require.Len(t, f, 2)
+	var raw []string
+	for _, x := range f {
+		b, err := base64.StdEncoding.DecodeString(x.(map[string]any)["subject_base64"].(string))
+		require.NoError(t, err)
+		raw = append(raw, string(b))
+	}
+	require.ElementsMatch(t, []string{"bad\xffone", "bad\xfeone"}, raw)
 }
