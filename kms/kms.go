@@ -157,39 +157,40 @@ func Schemes() []string {
 // CheckURL reports whether rawURL parses and names a registered scheme,
 // without opening anything: what Open would refuse first.
 func CheckURL(rawURL string) error {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return fmt.Errorf("%w: custodian URL: %v", ErrConfig, urlError(err))
-	}
-	openersMu.RLock()
-	_, ok := openers[u.Scheme]
-	openersMu.RUnlock()
-	if !ok {
-		return fmt.Errorf("%w: no custodian driver for scheme %q (registered: %v)", ErrConfig, u.Scheme, Schemes())
-	}
-	return nil
+	_, _, err := opener(rawURL)
+	return err
 }
 
 // Open opens the custodian that rawURL names, with the driver registered for
 // its scheme. The driver's package must be imported (package zonekey imports
 // the local driver).
 func Open(ctx context.Context, rawURL string) (Custodian, error) {
+	u, open, err := opener(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, u)
+}
+
+// opener parses rawURL and returns the opener registered for its scheme.
+func opener(rawURL string) (*url.URL, Opener, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("%w: custodian URL: %v", ErrConfig, urlError(err))
+		return nil, nil, fmt.Errorf("%w: custodian URL: %v", ErrConfig, URLErrorReason(err))
 	}
 	openersMu.RLock()
 	open, ok := openers[u.Scheme]
 	openersMu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("%w: no custodian driver for scheme %q (registered: %v)", ErrConfig, u.Scheme, Schemes())
+		return nil, nil, fmt.Errorf("%w: no custodian driver for scheme %q (registered: %v)", ErrConfig, u.Scheme, Schemes())
 	}
-	return open(ctx, u)
+	return u, open, nil
 }
 
-// urlError is the reason of a url.Parse error, without the URL it quotes:
-// a URL's user information may hold a credential.
-func urlError(err error) error {
+// URLErrorReason returns the reason of a url.Parse error without the URL
+// the error quotes, whose user information may hold a credential: for
+// drivers' errors about their URLs.
+func URLErrorReason(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		return ue.Err

@@ -466,11 +466,7 @@ func newCustodian(cfg Config) (*Custodian, error) {
 func checkAddress(addr string, allowHTTP bool) (*url.URL, error) {
 	u, err := url.Parse(addr)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // without the address, whose user information may hold a token
-		}
-		return nil, configError("address: %v", err)
+		return nil, configError("address: %v", kms.URLErrorReason(err))
 	}
 	if u.User != nil {
 		return nil, configError("address of the Vault server must not contain user information")
@@ -622,11 +618,7 @@ func openURL(ctx context.Context, u *url.URL) (kms.Custodian, error) {
 func ParseURL(rawURL string) (Config, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // without the URL, whose user information may hold a token
-		}
-		return Config{}, configError("URL: %v", err)
+		return Config{}, configError("URL: %v", kms.URLErrorReason(err))
 	}
 	return parseURL(u)
 }
